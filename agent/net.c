@@ -1,0 +1,114 @@
+/* net.c -- see net.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "net.h"
+
+int net_set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -1;
+	return fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+bool net_is_unix(const char *addr, const char **path)
+{
+	if (strncmp(addr, "unix:", 5) == 0) {
+		*path = addr + 5;
+		return true;
+	}
+	if (addr[0] == '/') {
+		*path = addr;
+		return true;
+	}
+	return false;
+}
+
+static int listen_unix(const char *path, char *err, size_t errlen)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, errlen, "unix socket path too long: %s", path);
+		return -1;
+	}
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (fd < 0)
+		goto fail;
+	unlink(path);   /* a stale socket from a previous run */
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 1024) < 0 ||
+	    net_set_nonblock(fd) < 0)
+		goto fail;
+	return fd;
+fail:
+	snprintf(err, errlen, "unix socket %s: %s", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+int net_listen(const char *addr, bool reuseport, char *err, size_t errlen)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
+	struct addrinfo *res = NULL;
+	char host[256];
+	const char *colon, *path, *h;
+	int fd = -1, one = 1, rc;
+	size_t hlen;
+
+	if (net_is_unix(addr, &path))
+		return listen_unix(path, err, errlen);
+	colon = strrchr(addr, ':');
+	if (!colon || !colon[1]) {
+		snprintf(err, errlen, "address %s: expected host:port", addr);
+		return -1;
+	}
+	h = addr;
+	hlen = (size_t)(colon - addr);
+	if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
+		h++;
+		hlen -= 2;
+	}
+	if (hlen >= sizeof(host)) {
+		snprintf(err, errlen, "address %s: host too long", addr);
+		return -1;
+	}
+	memcpy(host, h, hlen);
+	host[hlen] = 0;
+	rc = getaddrinfo(hlen ? host : NULL, colon + 1, &hints, &res);
+	if (rc != 0) {
+		snprintf(err, errlen, "address %s: %s", addr, gai_strerror(rc));
+		return -1;
+	}
+	fd = socket(res->ai_family, SOCK_STREAM, 0);
+	if (fd < 0)
+		goto fail;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (reuseport)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0 ||
+	    net_set_nonblock(fd) < 0)
+		goto fail;
+	freeaddrinfo(res);
+	return fd;
+fail:
+	snprintf(err, errlen, "address %s: %s", addr, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	freeaddrinfo(res);
+	return -1;
+}
