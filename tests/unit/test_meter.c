@@ -1,0 +1,125 @@
+/* test_meter.c -- request estimates and usage extraction (agent/meter.c). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "meter.h"
+
+#define S(x) x, sizeof(x) - 1
+
+CASE(estimate_ascii_and_cjk)
+{
+	CHECK(meter_estimate_text(S("")) == 0);
+	CHECK(meter_estimate_text(S("abcd")) == 1);
+	CHECK(meter_estimate_text(S("abcde")) == 2);
+	CHECK(meter_estimate_text(S("你是谁")) == 3);       /* 3 code points */
+	CHECK(meter_estimate_text(S("hi 你")) == 2);
+}
+
+CASE(request_chat)
+{
+	struct llm_request r;
+
+	meter_parse_request(S("{\"model\":\"qwen-max\",\"messages\":[{\"role\":\"user\","
+	                      "\"content\":\"你是谁\"}],\"max_tokens\":50}"), &r);
+	CHECK(r.json);
+	CHECK(strcmp(r.model, "qwen-max") == 0);
+	CHECK(!r.stream && !r.include_usage);
+	CHECK(r.max_tokens == 50);
+	CHECK(r.prompt_tokens == 3 + 4);
+}
+
+CASE(request_stream_options)
+{
+	struct llm_request r;
+
+	meter_parse_request(S("{\"model\":\"m\",\"stream\":true,\"stream_options\":"
+	                      "{\"include_usage\":true},\"max_completion_tokens\":7,"
+	                      "\"messages\":[{\"content\":[{\"type\":\"text\",\"text\":\"abcdefgh\"}]}]}"), &r);
+	CHECK(r.stream && r.include_usage);
+	CHECK(r.max_tokens == 7);
+	CHECK(r.prompt_tokens >= 2);
+}
+
+CASE(request_not_json)
+{
+	struct llm_request r;
+
+	meter_parse_request(S("garbage{"), &r);
+	CHECK(!r.json);
+	CHECK(r.max_tokens == -1);
+	CHECK(r.prompt_tokens == 2);
+	meter_parse_request(S("[1,2]"), &r);
+	CHECK(!r.json);
+}
+
+CASE(request_embeddings_and_responses)
+{
+	struct llm_request r;
+
+	meter_parse_request(S("{\"model\":\"text-embedding-v3\",\"input\":[\"abcd\",\"efgh\"]}"), &r);
+	CHECK(r.prompt_tokens == 2);
+	meter_parse_request(S("{\"model\":\"gpt-4o\",\"input\":\"abcdabcd\",\"max_output_tokens\":9}"), &r);
+	CHECK(r.prompt_tokens == 2 && r.max_tokens == 9);
+}
+
+CASE(usage_whole_body)
+{
+	struct llm_usage u;
+
+	meter_parse_usage(S("{\"id\":\"x\",\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,"
+	                    "\"total_tokens\":18}}"), &u);
+	CHECK(u.found && u.in == 11 && u.out == 7);
+	meter_parse_usage(S("{\"usage\":{\"input_tokens\":3,\"output_tokens\":4}}"), &u);
+	CHECK(u.found && u.in == 3 && u.out == 4);
+	meter_parse_usage(S("{\"usage\":{\"prompt_tokens\":5,\"total_tokens\":5}}"), &u);
+	CHECK(u.found && u.in == 5 && u.out == 0);       /* embeddings */
+	meter_parse_usage(S("{\"response\":{\"usage\":{\"input_tokens\":1,\"output_tokens\":2}}}"), &u);
+	CHECK(u.found && u.in == 1 && u.out == 2);
+}
+
+CASE(usage_absent_or_cut)
+{
+	struct llm_usage u;
+
+	meter_parse_usage(S("{\"id\":\"x\"}"), &u);
+	CHECK(!u.found);
+	meter_parse_usage(NULL, 0, &u);
+	CHECK(!u.found);
+	/* the tail of a body larger than the buffer */
+	meter_parse_usage(S("0.1,0.2]}],\"usage\":{\"prompt_tokens\":42,\"total_tokens\":42}}"), &u);
+	CHECK(u.found && u.in == 42 && u.out == 0);
+	meter_parse_usage(S("x\"usage\": {\"prompt_tokens\": 9, \"completion_tokens\": 1}"), &u);
+	CHECK(u.found && u.in == 9 && u.out == 1);
+	meter_parse_usage(S("\"usage\":{\"prompt_tokens\":"), &u);
+	CHECK(!u.found);
+}
+
+CASE(rewrite_adds_include_usage)
+{
+	size_t n = 0;
+	char *out = meter_rewrite_request(S("{\"model\":\"a\",\"stream\":true}"), true, "b", &n);
+	struct llm_request r;
+
+	CHECK(out != NULL);
+	if (!out)
+		return;
+	CHECK(n == strlen(out));
+	meter_parse_request(out, n, &r);
+	CHECK(r.include_usage && r.stream && strcmp(r.model, "b") == 0);
+	free(out);
+	CHECK(meter_rewrite_request(S("nope"), true, NULL, &n) == NULL);
+}
+
+int main(void)
+{
+	RUN(estimate_ascii_and_cjk);
+	RUN(request_chat);
+	RUN(request_stream_options);
+	RUN(request_not_json);
+	RUN(request_embeddings_and_responses);
+	RUN(usage_whole_body);
+	RUN(usage_absent_or_cut);
+	RUN(rewrite_adds_include_usage);
+	DONE();
+}
