@@ -1,0 +1,338 @@
+/* gateway.c -- the `request` message: from a request to a verdict.
+ *
+ * Owns: the order of the decisions for one request and the variables that
+ * carry the verdict to HAProxy (doc/gateway.md). The decisions themselves
+ * live in their own files: auth.c (who), route.c (where), admit.c (how
+ * many tokens), quota_admin.c (the ai-quota admin API). The only wait is
+ * the store's admission, one round trip; everything else is computed on the
+ * loop in microseconds.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admit.h"
+#include "agent.h"
+#include "auth.h"
+#include "gateway.h"
+#include "log.h"
+#include "meter.h"
+#include "telemetry.h"
+#include "quota_admin.h"
+#include "route.h"
+#include "store.h"
+
+struct pending {
+	struct agent *a;
+	struct runtime *rt;
+	struct spop_tx *tx;
+	const struct tg_route *route;
+	const struct tg_consumer *consumer;
+	struct llm_request lr;
+	struct upstream up;
+	char *body_new;
+	size_t body_new_len;
+	bool hide_usage;
+	char rid[64];
+	char ctx[512];
+	ev_tstamp t0;
+	struct admit_plan plan;
+};
+
+/* ---- answering ------------------------------------------------------ */
+
+static void json_escape(char *out, size_t outlen, const char *s)
+{
+	size_t o = 0;
+
+	for (; *s && o + 7 < outlen; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\') {
+			out[o++] = '\\';
+			out[o++] = (char)c;
+		} else if (c < 0x20) {
+			o += (size_t)snprintf(out + o, outlen - o, "\\u%04x", c);
+		} else {
+			out[o++] = (char)c;
+		}
+	}
+	out[o] = 0;
+}
+
+void gateway_deny(struct spop_tx *tx, int status, const char *type, const char *code,
+                  const char *message)
+{
+	char msg[512], body[768];
+	int n;
+
+	json_escape(msg, sizeof(msg), message);
+	n = snprintf(body, sizeof(body),
+	             "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"code\":\"%s\"}}",
+	             msg, type, code);
+	tx_set_str(tx, "decision", "deny", 4);
+	tx_set_int(tx, "status", status);
+	tx_set_str(tx, "ctype", "json", 4);
+	tx_set_str(tx, "body", body, (size_t)n);
+}
+
+/* Names and models go into ctx, a space-free, comma-separated record. */
+static void ctx_field(char *out, size_t outlen, const char *s)
+{
+	size_t o = 0;
+
+	for (; *s && o + 1 < outlen; s++) {
+		char c = *s;
+
+		out[o++] = (c == ' ' || c == ',' || c == '"' || (unsigned char)c < 0x21) ? '_' : c;
+	}
+	out[o] = 0;
+}
+
+static void make_ctx(struct pending *p)
+{
+	char route[96], prov[96], model[160], cons[96];
+
+	ctx_field(route, sizeof(route), p->route->name);
+	ctx_field(prov, sizeof(prov), p->route->provider->name);
+	ctx_field(model, sizeof(model), p->lr.model[0] ? p->lr.model : "-");
+	ctx_field(cons, sizeof(cons), p->consumer ? p->consumer->name : "anonymous");
+	snprintf(p->ctx, sizeof(p->ctx), "%s,%s,%s,%s,%lld,%lld,%d", route, prov, model, cons,
+	         (long long)p->plan.est_in, (long long)p->plan.est_out, p->lr.stream ? 1 : 0);
+}
+
+static void set_allow(struct pending *p, const struct admit_verdict *v)
+{
+	struct spop_tx *tx = p->tx;
+
+	tx_set_str(tx, "decision", "allow", 5);
+	if (p->consumer)
+		tx_set_str(tx, "consumer", p->consumer->name, strlen(p->consumer->name));
+	tx_set_str(tx, "backend", p->up.backend, strlen(p->up.backend));
+	if (p->up.pkey) {
+		tx_set_str(tx, "pkey", p->up.pkey, strlen(p->up.pkey));
+		tx_set_str(tx, "pkey_hdr", p->up.pkey_hdr, strlen(p->up.pkey_hdr));
+	}
+	tx_set_str(tx, "path", p->up.path, strlen(p->up.path));
+	if (p->up.query_set)
+		tx_set_str(tx, "query", p->up.query, strlen(p->up.query));
+	if (p->body_new) {
+		tx_set_str(tx, "body_new", p->body_new, p->body_new_len);
+		tx_set_int(tx, "body_len", (int64_t)p->body_new_len);
+	}
+	if (p->lr.stream) {
+		struct spop_data t = spop_bool_data(true);
+
+		tx_set_var(tx, SPOP_SCOPE_TXN, "stream", &t);
+		if (p->hide_usage)
+			tx_set_var(tx, SPOP_SCOPE_TXN, "hide_usage", &t);
+	}
+	if (p->rid[0]) {
+		tx_set_str(tx, "rid", p->rid, strlen(p->rid));
+		tx_set_str(tx, "ctx", p->ctx, strlen(p->ctx));
+	}
+	if (v && v->has_rl) {
+		tx_set_int(tx, "rl_limit", v->rl_limit);
+		tx_set_int(tx, "rl_remaining", v->rl_remaining);
+		tx_set_int(tx, "rl_reset", v->rl_reset);
+	}
+}
+
+static void pending_free(struct pending *p)
+{
+	free(p->body_new);
+	runtime_unref(p->rt);
+	free(p);
+}
+
+static const char *consumer_label(const struct pending *p)
+{
+	return p->consumer ? p->consumer->name : "anonymous";
+}
+
+static void count_decision(struct pending *p, const char *decision, int status)
+{
+	tel_request(p->a->metrics, decision, status, p->route ? p->route->name : "-",
+	                consumer_label(p));
+	tel_admission(p->a->metrics, ev_time() - p->t0);
+}
+
+/* ---- admission ------------------------------------------------------ */
+
+static void admit_done(const struct store_admit_res *res, void *arg)
+{
+	struct pending *p = arg;
+	const struct tg_config *cfg = p->rt->cfg;
+	struct admit_verdict v;
+
+	if (tx_abandoned(p->tx)) {
+		/* HAProxy gave up: the reservation is a lease and will expire. */
+		tx_release(p->tx);
+		pending_free(p);
+		return;
+	}
+	if (res->err) {
+		enum tg_failure_mode fm = cfg->store.failure_mode;
+
+		tel_store_error(p->a->metrics);
+		if (fm == TG_FAIL_CLOSED) {
+			gateway_deny(p->tx, 503, "server_error", "store_unavailable",
+			             "Token budget store unavailable");
+			count_decision(p, "store_closed", 503);
+		} else {
+			p->rid[0] = 0;      /* nothing reserved: the record settles nothing */
+			set_allow(p, NULL);
+			count_decision(p, "store_open", 200);
+		}
+	} else {
+		admit_verdict(p->route, &p->plan, res, &v);
+		for (unsigned i = 0; i < p->plan.req.n; i++)
+			tel_limit_decision(p->a->metrics, p->plan.meta[i].rule,
+			                       !res->admitted && res->refused == (int)i ? "refused"
+			                       : res->admitted ? "admitted" : "skipped");
+		if (v.admitted) {
+			set_allow(p, &v);
+			count_decision(p, "allow", 200);
+		} else {
+			gateway_deny(p->tx, v.status, v.type,
+			             v.status == 403 ? "insufficient_quota" : "rate_limit_exceeded",
+			             v.message);
+			if (v.retry_after) {
+				tx_set_int(p->tx, "retry_after", v.retry_after);
+				tx_set_int(p->tx, "reset", v.retry_after);
+			}
+			count_decision(p, v.status == 403 ? "quota" : "ratelimit", v.status);
+		}
+	}
+	tx_release(p->tx);
+	pending_free(p);
+}
+
+static void new_rid(struct agent *a, char *out, size_t outlen)
+{
+	snprintf(out, outlen, "%s-%llx", a->rid_prefix, (unsigned long long)++a->rid_seq);
+}
+
+static void admit_start(struct pending *p, const struct req_view *r)
+{
+	struct agent *a = p->a;
+	const struct tg_config *cfg = p->rt->cfg;
+	const struct tg_provider *prov = p->route->provider;
+	size_t pi = (size_t)(prov - cfg->providers);
+	bool rewrite_usage = p->lr.stream && !p->lr.include_usage;
+
+	route_upstream(p->route, r, p->lr.model, p->rt->turns[pi]++, &p->up);
+	if (p->lr.json && (rewrite_usage || p->up.model[0])) {
+		p->body_new = meter_rewrite_request(r->body.ptr, r->body.len, rewrite_usage,
+		                                    p->up.model[0] ? p->up.model : NULL,
+		                                    &p->body_new_len);
+		p->hide_usage = rewrite_usage && p->body_new;
+	}
+	new_rid(a, p->rid, sizeof(p->rid));
+	admit_plan(p->route, p->consumer, r, &p->lr, p->rid, cfg->store.lease_ms, &p->plan);
+	make_ctx(p);
+	tx_hold(p->tx);
+	a->store->ops->admit(a->store->impl, &p->plan.req, admit_done, p);
+}
+
+/* ---- the message ---------------------------------------------------- */
+
+static const char *request_model(const struct req_view *r, const struct llm_request *lr,
+                                 char *buf, size_t buflen)
+{
+	const struct spop_str *h;
+
+	if (lr->model[0])
+		return lr->model;
+	if ((h = req_header(r, "x-higress-llm-model", 0))) {
+		str_copy(buf, buflen, *h);
+		return buf;
+	}
+	return "";
+}
+
+static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
+{
+	struct agent *a = arg;
+	struct runtime *rt = a->rt;
+	const struct tg_config *cfg = rt->cfg;
+	const struct tg_route *route;
+	const struct tg_consumer *consumer = NULL;
+	struct req_view *r;
+	struct pending *p;
+	enum auth_rc arc;
+	char hmodel[128];
+	const char *model;
+	enum quota_op qop;
+
+	p = calloc(1, sizeof(*p));
+	r = malloc(sizeof(*r));
+	if (!p || !r) {
+		free(p);
+		free(r);
+		gateway_deny(tx, 503, "server_error", "agent_overloaded", "Out of memory");
+		return;
+	}
+	p->a = a;
+	p->rt = runtime_ref(rt);
+	p->tx = tx;
+	p->t0 = ev_time();
+	if (req_parse(msg, r) != 0) {
+		gateway_deny(tx, 400, "invalid_request_error", "bad_request", "Malformed request headers");
+		count_decision(p, "invalid", 400);
+		goto done;
+	}
+	meter_parse_request(r->body.ptr, r->body.len, &p->lr);
+	model = request_model(r, &p->lr, hmodel, sizeof(hmodel));
+	if (!p->lr.model[0])
+		snprintf(p->lr.model, sizeof(p->lr.model), "%s", model);
+	qop = quota_admin_match(cfg, r->path, model, &route);
+	if (qop == QUOTA_OP_NONE)
+		route = route_match(cfg, model, r->path);
+	p->route = route;
+	if (!route) {
+		char m[256];
+
+		snprintf(m, sizeof(m), "The model `%s` does not exist or you do not have access to it.",
+		         model[0] ? model : "(none)");
+		gateway_deny(tx, 404, "invalid_request_error", "model_not_found", m);
+		count_decision(p, "no_route", 404);
+		goto done;
+	}
+	if (route->auth.enabled || cfg->key_auth.global_auth || qop != QUOTA_OP_NONE) {
+		arc = auth_identify(rt->auth, r, &consumer);
+		if (arc == AUTH_OK && !auth_allowed(route, consumer))
+			arc = AUTH_DENIED;
+		if (arc != AUTH_OK) {
+			gateway_deny(tx, auth_status(arc), "invalid_request_error",
+			             auth_status(arc) == 401 ? "invalid_api_key" : "forbidden",
+			             auth_message(arc));
+			count_decision(p, "auth", auth_status(arc));
+			goto done;
+		}
+	}
+	p->consumer = consumer;
+	if (qop != QUOTA_OP_NONE) {
+		quota_admin_spop(a, tx, route, consumer, qop, r);
+		count_decision(p, "admin", 200);
+		goto done;
+	}
+	if (!route_is_ai_path(r->path)) {
+		/* Authenticated, routed, not an LLM call (e.g. /v1/models): pass. */
+		route_upstream(route, r, model, rt->turns[route->provider - cfg->providers]++, &p->up);
+		set_allow(p, NULL);
+		count_decision(p, "allow", 200);
+		goto done;
+	}
+	admit_start(p, r);
+	free(r);
+	return;
+done:
+	free(r);
+	pending_free(p);
+}
+
+void gateway_register(struct spop_server *srv, struct agent *a)
+{
+	spop_server_handle(srv, "request", on_request, a);
+}

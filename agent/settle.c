@@ -1,0 +1,371 @@
+/* settle.c -- exactly-once settlement of every admitted request.
+ *
+ * Owns: turning what HAProxy saw of a response into the tokens charged for
+ * it, from two sources that may both arrive:
+ *   - the `response` SPOP message (non-SSE answers, body in hand): usage is
+ *     read from the body, or from the Lua filter's tail of a body larger
+ *     than the buffer;
+ *   - the settlement record, one log line per transaction written by
+ *     HAProxy at its very end into a ring forwarded over TCP to
+ *     agent.settle (octet-counted syslog framing, RFC 6587): for streams,
+ *     aborts and anything the SPOP message missed.
+ * The store settles once per rid (a second settlement is a no-op), so the
+ * two sources never double count. Without usage from the provider the
+ * charge is an estimate: the prompt estimate plus the output seen (4 bytes
+ * of text per token), never 0 when output was produced, never more than the
+ * reservation.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "log.h"
+#include "meter.h"
+#include "net.h"
+#include "request.h"
+#include "settle.h"
+#include "store.h"
+#include "telemetry.h"
+
+#define RECORD_MAX      8192
+#define SETTLE_CONN_BUF (64 * 1024)
+
+struct settle_ctx {             /* the ctx variable, parsed */
+	char route[96], provider[96], model[160], consumer[96];
+	int64_t est_in, est_out;
+	bool stream;
+};
+
+struct settling {
+	struct agent *a;
+	struct settle_ctx c;
+	char rid[64];
+	const char *source;
+	int status;
+	int64_t in, out;
+	bool estimated;
+};
+
+struct settle_conn {
+	struct settle_server *srv;
+	int fd;
+	ev_io rio;
+	size_t len;
+	struct settle_conn *prev, *next;
+	char buf[SETTLE_CONN_BUF];
+};
+
+struct settle_server {
+	struct agent *a;
+	int fd;
+	ev_io lw;
+	struct settle_conn *conns;
+	uint64_t records, malformed;
+};
+
+/* ---- the context variable ------------------------------------------- */
+
+static bool parse_ctx(const char *s, size_t len, struct settle_ctx *c)
+{
+	char tmp[600], *f[7], *save = NULL;
+	int n = 0;
+
+	if (len >= sizeof(tmp))
+		return false;
+	memcpy(tmp, s, len);
+	tmp[len] = 0;
+	for (char *t = strtok_r(tmp, ",", &save); t && n < 7; t = strtok_r(NULL, ",", &save))
+		f[n++] = t;
+	if (n != 7)
+		return false;
+	snprintf(c->route, sizeof(c->route), "%s", f[0]);
+	snprintf(c->provider, sizeof(c->provider), "%s", f[1]);
+	snprintf(c->model, sizeof(c->model), "%s", f[2]);
+	snprintf(c->consumer, sizeof(c->consumer), "%s", f[3]);
+	c->est_in = strtoll(f[4], NULL, 10);
+	c->est_out = strtoll(f[5], NULL, 10);
+	c->stream = f[6][0] == '1';
+	return true;
+}
+
+/* ---- settling ------------------------------------------------------- */
+
+static void settled(enum store_settle_rc rc, void *arg)
+{
+	struct settling *s = arg;
+	static const char *const names[] = { "settled", "duplicate", "late", "unknown" };
+	const char *result = rc >= 0 && rc <= STORE_UNKNOWN ? names[rc] : "error";
+
+	tel_settlement(s->a->metrics, result, s->source);
+	if (rc == STORE_SETTLED || rc == STORE_LATE) {
+		struct usage_record u = {
+			.rid = s->rid, .route = s->c.route, .provider = s->c.provider,
+			.model = s->c.model, .consumer = s->c.consumer, .source = s->source,
+			.status = s->status, .in = s->in, .out = s->out, .estimated = s->estimated,
+		};
+
+		tel_usage(s->a, &u);
+	} else if (rc == STORE_ERROR) {
+		log_warn("settle %s: store error; the lease will expire", s->rid);
+	}
+	free(s);
+}
+
+/* Charge a request. in/out < 0: unknown, estimate from output_chars. */
+static void settle(struct agent *a, const char *rid, const struct settle_ctx *c,
+                   const char *source, int status, int64_t in, int64_t out,
+                   int64_t output_chars)
+{
+	struct settling *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return;
+	s->a = a;
+	s->c = *c;
+	snprintf(s->rid, sizeof(s->rid), "%s", rid);
+	s->source = source;
+	s->status = status;
+	if (in < 0 && out < 0) {
+		s->estimated = true;
+		in = c->est_in;
+		out = output_chars > 0 ? (output_chars + 3) / 4 : 0;
+		if (output_chars > 0 && out == 0)
+			out = 1;
+		if (c->est_out > 0 && out > c->est_out)
+			out = c->est_out;
+	}
+	s->in = in < 0 ? 0 : in;
+	s->out = out < 0 ? 0 : out;
+	a->store->ops->settle(a->store->impl, s->rid, s->in, s->out, settled, s);
+}
+
+/* ---- the `response` message ----------------------------------------- */
+
+static void on_response(struct spop_tx *tx, struct spop_msg *msg, void *arg)
+{
+	struct agent *a = arg;
+	struct spop_str rid = { "", 0 }, ctx = { "", 0 }, body = { "", 0 }, tail = { "", 0 };
+	struct settle_ctx c;
+	struct llm_usage u;
+	struct spop_kv kv;
+	char ridbuf[64];
+	int status = 0;
+
+	while (spop_next_arg(msg, &kv) == SPOP_OK) {
+		bool s = kv.val.type == SPOP_DATA_STR || kv.val.type == SPOP_DATA_BIN;
+
+		if (str_eq(kv.name, "rid") && s)
+			rid = kv.val.u.str;
+		else if (str_eq(kv.name, "ctx") && s)
+			ctx = kv.val.u.str;
+		else if (str_eq(kv.name, "body") && s)
+			body = kv.val.u.str;
+		else if (str_eq(kv.name, "tail") && s)
+			tail = kv.val.u.str;
+		else if (str_eq(kv.name, "status") && kv.val.type == SPOP_DATA_INT32)
+			status = kv.val.u.i32;
+		else if (str_eq(kv.name, "status") && kv.val.type == SPOP_DATA_UINT32)
+			status = (int)kv.val.u.u32;
+		else if (str_eq(kv.name, "status") && kv.val.type == SPOP_DATA_INT64)
+			status = (int)kv.val.u.i64;
+	}
+	if (!rid.len || rid.len >= sizeof(ridbuf) || !parse_ctx(ctx.ptr, ctx.len, &c))
+		return;
+	str_copy(ridbuf, sizeof(ridbuf), rid);
+	meter_parse_usage(body.ptr, body.len, &u);
+	if (!u.found && tail.len)
+		meter_parse_usage(tail.ptr, tail.len, &u);
+	if (u.found)
+		settle(a, ridbuf, &c, "spop", status, u.in, u.out, 0);
+	else
+		settle(a, ridbuf, &c, "spop", status, -1, -1,
+		       meter_estimate_text(body.ptr, body.len) * 4);
+	tx_set_int(tx, "settled", 1);
+}
+
+/* ---- settlement records --------------------------------------------- */
+
+static int64_t field_int(const char *s)
+{
+	return s[0] >= '0' && s[0] <= '9' ? strtoll(s, NULL, 10) : -1;
+}
+
+/* "tg1 <uid> <rid> <ctx> <status> <tsc> <u_in> <u_out> <seen_chars> <bytes>" */
+int settle_record(struct agent *a, const char *line, size_t len)
+{
+	char tmp[RECORD_MAX], *f[10], *save = NULL, *p;
+	const char *mark;
+	struct settle_ctx c;
+	int n = 0;
+	int64_t in, out, seen, bytes;
+
+	mark = memmem(line, len, "tg1 ", 4);
+	if (!mark || (size_t)(line + len - mark) >= sizeof(tmp))
+		return -1;
+	len = (size_t)(line + len - mark);
+	memcpy(tmp, mark, len);
+	tmp[len] = 0;
+	for (p = strtok_r(tmp, " \r\n", &save); p && n < 10; p = strtok_r(NULL, " \r\n", &save))
+		f[n++] = p;
+	if (n < 10)
+		return -1;
+	if (strcmp(f[2], "-") == 0 || !f[2][0])
+		return 0;                       /* no reservation: denial or admin call */
+	if (strlen(f[2]) >= 64 || !parse_ctx(f[3], strlen(f[3]), &c))
+		return -1;
+	in = field_int(f[6]);
+	out = field_int(f[7]);
+	seen = field_int(f[8]);
+	bytes = field_int(f[9]);
+	if (in >= 0 || out >= 0)
+		settle(a, f[2], &c, "record", (int)field_int(f[4]), in < 0 ? 0 : in, out < 0 ? 0 : out, 0);
+	else
+		settle(a, f[2], &c, "record", (int)field_int(f[4]), -1, -1,
+		       seen >= 0 ? seen : (bytes > 0 && !c.stream ? bytes : 0));
+	return 1;
+}
+
+/* Octet-counted frames ("LEN SP MSG", RFC 6587 3.4.1), or LF-terminated
+ * lines when a frame does not start with a digit. Returns bytes consumed. */
+static size_t parse_frames(struct settle_server *srv, char *buf, size_t len)
+{
+	size_t off = 0;
+
+	while (off < len) {
+		char *p = buf + off, *sp, *nl;
+		size_t avail = len - off, mlen;
+
+		if (*p >= '1' && *p <= '9') {
+			sp = memchr(p, ' ', avail < 12 ? avail : 12);
+			if (!sp)
+				return avail < 12 ? off : len;      /* garbage: drop it all */
+			mlen = strtoul(p, NULL, 10);
+			if (mlen > RECORD_MAX * 4) {
+				srv->malformed++;
+				return len;
+			}
+			if ((size_t)(sp + 1 - p) + mlen > avail)
+				return off;
+			if (settle_record(srv->a, sp + 1, mlen) < 0)
+				srv->malformed++;
+			else
+				srv->records++;
+			off += (size_t)(sp + 1 - p) + mlen;
+		} else {
+			nl = memchr(p, '\n', avail);
+			if (!nl)
+				return avail >= RECORD_MAX ? len : off;
+			if (nl > p) {
+				if (settle_record(srv->a, p, (size_t)(nl - p)) < 0)
+					srv->malformed++;
+				else
+					srv->records++;
+			}
+			off += (size_t)(nl - p) + 1;
+		}
+	}
+	return off;
+}
+
+static void conn_close(struct settle_conn *c)
+{
+	struct settle_server *srv = c->srv;
+
+	ev_io_stop(srv->a->loop, &c->rio);
+	close(c->fd);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		srv->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	free(c);
+}
+
+static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct settle_conn *c = w->data;
+	ssize_t n;
+	size_t used;
+
+	(void)loop; (void)revents;
+	n = recv(c->fd, c->buf + c->len, sizeof(c->buf) - c->len, 0);
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+		conn_close(c);
+		return;
+	}
+	if (n < 0)
+		return;
+	c->len += (size_t)n;
+	used = parse_frames(c->srv, c->buf, c->len);
+	memmove(c->buf, c->buf + used, c->len - used);
+	c->len -= used;
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct settle_server *srv = w->data;
+	int fd;
+
+	(void)revents;
+	while ((fd = accept4(srv->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+		struct settle_conn *c = malloc(sizeof(*c));
+
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		c->srv = srv;
+		c->fd = fd;
+		c->len = 0;
+		c->prev = NULL;
+		c->next = srv->conns;
+		if (srv->conns)
+			srv->conns->prev = c;
+		srv->conns = c;
+		ev_io_init(&c->rio, read_cb, fd, EV_READ);
+		c->rio.data = c;
+		ev_io_start(loop, &c->rio);
+	}
+}
+
+struct settle_server *settle_server_new(struct agent *a, const char *addr, char *err,
+                                        size_t errlen)
+{
+	struct settle_server *srv = calloc(1, sizeof(*srv));
+
+	if (!srv) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	srv->a = a;
+	srv->fd = net_listen(addr, false, err, errlen);
+	if (srv->fd < 0) {
+		free(srv);
+		return NULL;
+	}
+	ev_io_init(&srv->lw, accept_cb, srv->fd, EV_READ);
+	srv->lw.data = srv;
+	ev_io_start(a->loop, &srv->lw);
+	return srv;
+}
+
+void settle_server_free(struct settle_server *srv)
+{
+	if (!srv)
+		return;
+	while (srv->conns)
+		conn_close(srv->conns);
+	ev_io_stop(srv->a->loop, &srv->lw);
+	close(srv->fd);
+	free(srv);
+}
+
+void settle_register(struct spop_server *spop, struct agent *a)
+{
+	spop_server_handle(spop, "response", on_response, a);
+}
