@@ -39,6 +39,7 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	struct agent *a = w->data;
 	struct tg_config *cfg;
+	struct runtime *rt;
 	char err[512];
 
 	(void)loop; (void)revents;
@@ -46,9 +47,15 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 		log_error("reload refused, keeping the running configuration: %s", err);
 		return;
 	}
+	rt = runtime_new(cfg);
+	if (!rt) {
+		log_error("reload refused: out of memory");
+		config_free(cfg);
+		return;
+	}
 	spop_server_set_config(a->spop, cfg);
-	config_free(a->cfg);
-	a->cfg = cfg;
+	runtime_unref(a->rt);
+	a->rt = rt;
 	log_set_level(cfg->agent.log_level);
 	log_info("configuration reloaded from %s", a->config_path);
 }
@@ -57,10 +64,10 @@ static int run(struct agent *a)
 {
 	char err[512];
 
-	log_set_level(a->cfg->agent.log_level);
+	log_set_level(a->rt->cfg->agent.log_level);
 	signal(SIGPIPE, SIG_IGN);
 	a->loop = ev_default_loop(EVFLAG_AUTO);
-	a->spop = spop_server_new(a->loop, a->cfg, err, sizeof(err));
+	a->spop = spop_server_new(a->loop, a->rt->cfg, err, sizeof(err));
 	if (!a->spop || spop_server_listen(a->spop, err, sizeof(err)) != 0) {
 		log_error("%s", err);
 		spop_server_free(a->spop);
@@ -75,9 +82,9 @@ static int run(struct agent *a)
 	ev_signal_start(a->loop, &a->sigint);
 	ev_signal_start(a->loop, &a->sighup);
 	log_info("tollgate %s: SPOP on %s%s%s", TOLLGATE_VERSION,
-	         a->cfg->agent.listen ? a->cfg->agent.listen : "-",
-	         a->cfg->agent.unix_path ? " and unix:" : "",
-	         a->cfg->agent.unix_path ? a->cfg->agent.unix_path : "");
+	         a->rt->cfg->agent.listen ? a->rt->cfg->agent.listen : "-",
+	         a->rt->cfg->agent.unix_path ? " and unix:" : "",
+	         a->rt->cfg->agent.unix_path ? a->rt->cfg->agent.unix_path : "");
 	ev_run(a->loop, 0);
 	log_info("stopped");
 	spop_server_free(a->spop);
@@ -88,6 +95,7 @@ static int run(struct agent *a)
 int main(int argc, char **argv)
 {
 	struct agent a = { 0 };
+	struct tg_config *cfg;
 	const char *cmd = "run";
 	char err[512];
 	int i = 1, rc;
@@ -119,16 +127,22 @@ int main(int argc, char **argv)
 		fprintf(stderr, "tollgate: --config FILE is required\n");
 		return 2;
 	}
-	if (config_load(a.config_path, &a.cfg, err, sizeof(err)) != 0) {
+	if (config_load(a.config_path, &cfg, err, sizeof(err)) != 0) {
 		fprintf(stderr, "tollgate: %s: %s\n", a.config_path, err);
 		return 1;
 	}
 	if (strcmp(cmd, "check") == 0) {
 		printf("%s: ok\n", a.config_path);
-		config_free(a.cfg);
+		config_free(cfg);
 		return 0;
 	}
+	a.rt = runtime_new(cfg);
+	if (!a.rt) {
+		fprintf(stderr, "tollgate: out of memory\n");
+		config_free(cfg);
+		return 1;
+	}
 	rc = run(&a);
-	config_free(a.cfg);
+	runtime_unref(a.rt);
 	return rc;
 }

@@ -54,6 +54,6 @@ static void echo_handler(struct spop_tx *tx, struct spop_msg *msg, void *ctx)
 
 void messages_register(struct spop_server *srv, struct agent *agent)
 {
-	if (agent->cfg->agent.debug_messages)
+	if (agent->rt->cfg->agent.debug_messages)
 		spop_server_handle(srv, "tollgate-echo", echo_handler, agent);
 }
