@@ -14,6 +14,7 @@
 #define SPOP_VERSION          "2.0"
 #define SPOP_MIN_FRAME_SIZE   256u      /* 3.2: both peers must accept >= 256 */
 #define SPOP_FRAME_HDR_LEN    4u        /* <FRAME-LENGTH:4 bytes> prefix */
+#define SPOP_VARINT_MAX_LEN   10u       /* 3.1: a 64-bit varint takes 1..10 bytes */
 
 /* 3.2.2 frame types */
 enum spop_frame_type {
@@ -110,6 +111,16 @@ struct spop_data {
 struct spop_kv {
 	struct spop_str name;
 	struct spop_data val;
+};
+
+/* One action of an ACK payload (3.4), as read back by spop_next_action()
+ * (tests, fuzzing, tools: the agent only writes actions). */
+struct spop_action {
+	uint8_t type;                 /* enum spop_action_type */
+	uint8_t nb_args;              /* 3 for SET-VAR, 2 for UNSET-VAR */
+	uint8_t scope;                /* enum spop_scope */
+	struct spop_str name;
+	struct spop_data val;         /* SET-VAR only; NULL for UNSET-VAR */
 };
 
 /* A bounded read position inside a decoded frame. */
