@@ -105,11 +105,22 @@ static void drain_check(struct spop_server *srv);
 
 /* ---- intrusive lists ------------------------------------------------ */
 
-#define LIST_PUSH(head, e) do { (e)->prev = NULL; (e)->next = (head); \
-	if (head) (head)->prev = (e); (head) = (e); } while (0)
-#define LIST_DEL(head, e) do { if ((e)->prev) (e)->prev->next = (e)->next; \
-	else (head) = (e)->next; if ((e)->next) (e)->next->prev = (e)->prev; \
-	(e)->prev = (e)->next = NULL; } while (0)
+#define LIST_PUSH(head, e) do {                                        \
+		(e)->prev = NULL;                                      \
+		(e)->next = (head);                                    \
+		if (head)                                              \
+			(head)->prev = (e);                            \
+		(head) = (e);                                          \
+	} while (0)
+#define LIST_DEL(head, e) do {                                         \
+		if ((e)->prev)                                         \
+			(e)->prev->next = (e)->next;                   \
+		else                                                   \
+			(head) = (e)->next;                            \
+		if ((e)->next)                                         \
+			(e)->next->prev = (e)->prev;                   \
+		(e)->prev = (e)->next = NULL;                          \
+	} while (0)
 
 /* ---- output --------------------------------------------------------- */
 
