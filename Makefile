@@ -59,5 +59,8 @@ fuzz:
 bench: all
 	BUILD=$(BUILD) tests/bench/run.sh
 
+demo: all
+	BUILD=$(BUILD) examples/demo.sh
+
 clean:
 	rm -rf build build-asan

@@ -5,7 +5,9 @@
  * per value) or the limit key as written for a limit_by_* item (one budget
  * shared by every matching value); T, the hash tag, is the consumer (or the
  * route for anonymous calls) so one request's keys share a Redis Cluster
- * slot. Quota: "<redis_key_prefix><consumer>" exactly, the Higress key, so
+ * slot. Values taken from headers, parameters and cookies enter keys as a
+ * digest (they are often the API key itself: never a credential in the
+ * store, in a key listing or in a log). Quota: "<redis_key_prefix><consumer>" exactly, the Higress key, so
  * balances migrate in both directions.
  *
  * Every matching item applies (Higress stops at the first), and each window
@@ -20,6 +22,7 @@
 
 #include "admit.h"
 #include "route.h"
+#include "sha256.h"
 
 static const struct { int64_t ms; size_t off; } windows[] = {
 	{ 1000, offsetof(struct tg_token_limits, per_second) },
@@ -136,12 +139,27 @@ static bool is_per(enum tg_limit_by by)
 	return by >= TG_LIMIT_BY_PER_HEADER;
 }
 
+/* The key component for a value: names and addresses as they are, request
+ * values as the first 16 bytes of their SHA-256 in hex. */
+static void key_part(const struct tg_rule_item *it, const char *value, char *out, size_t outlen)
+{
+	uint8_t d[SHA256_LEN];
+
+	if (it->by == TG_LIMIT_BY_PER_CONSUMER || it->by == TG_LIMIT_BY_PER_IP) {
+		snprintf(out, outlen, "%s", value);
+		return;
+	}
+	sha256(value, strlen(value), d);
+	for (int i = 0; i < 16 && (size_t)(2 * i + 2) < outlen; i++)
+		snprintf(out + 2 * i, outlen - 2 * (size_t)i, "%02x", d[i]);
+}
+
 static void plan_ratelimit(const struct tg_ai_token_ratelimit *rl, const char *tag,
                            const struct tg_consumer *consumer, const struct req_view *r,
                            const char *model, struct admit_plan *p)
 {
 	double wi, wo;
-	char value[256];
+	char value[256], part[256];
 
 	admit_weights(rl->count, rl->weights, rl->n_weights, model, &wi, &wo);
 	if (rl->has_global) {
@@ -164,15 +182,14 @@ static void plan_ratelimit(const struct tg_ai_token_ratelimit *rl, const char *t
 
 			if (!key_matches(key, value))
 				continue;
+			key_part(it, is_per(it->by) ? value : key->key, part, sizeof(part));
 			for (size_t w = 0; w < sizeof(windows) / sizeof(*windows); w++) {
 				uint64_t lim = *(const uint64_t *)((const char *)&key->limits + windows[w].off);
 
 				if (lim)
 					add_bucket(p, BUCKET_RATE, rl->rule_name, (int64_t)lim,
 					           windows[w].ms, wi, wo, "tollgate:{%s}:rl:%s:%zu:%s:%lld",
-					           tag, rl->rule_name, i,
-					           is_per(it->by) ? value : key->key,
-					           (long long)windows[w].ms);
+					           tag, rl->rule_name, i, part, (long long)windows[w].ms);
 			}
 		}
 	}

@@ -19,6 +19,7 @@
 struct tg_config;
 struct spop_server;
 struct http_server;
+struct mock_provider;
 struct metrics;
 struct store;
 struct auth_table;
@@ -37,6 +38,7 @@ struct agent {
 	struct runtime *rt;
 	struct spop_server *spop;
 	struct http_server *http;
+	struct mock_provider *mock;
 	struct metrics *metrics;
 	struct store *store;        /* budgets: Redis or the embedded store */
 	struct store *mem;          /* the embedded store: counters (and budgets without Redis) */

@@ -2,6 +2,7 @@
  *
  *   tollgate --config F              run the agent
  *   tollgate check --config F        validate F; exit 1 naming the bad path
+ *   tollgate haproxy-config --config F --out DIR   render what HAProxy loads
  *   tollgate --version
  *
  * Owns: argument parsing, signals (SIGTERM/SIGINT drain, SIGHUP reload),
@@ -12,17 +13,30 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+#include <unistd.h>
+
 #include "agent.h"
 #include "config.h"
+#include "http_server.h"
 #include "log.h"
 #include "messages.h"
+#include "metrics.h"
+#include "mock_provider.h"
+#include "quota_admin.h"
+#include "render.h"
+#include "settle.h"
 #include "spop_server.h"
+#include "store_mem.h"
+#include "telemetry.h"
 
 static void usage(FILE *f)
 {
 	fprintf(f,
 	        "usage: tollgate --config FILE            run the agent\n"
 	        "       tollgate check --config FILE      validate the configuration\n"
+	        "       tollgate haproxy-config --config FILE --out DIR\n"
+	        "                                         render DIR/haproxy.cfg, spoe.conf, tollgate.lua\n"
 	        "       tollgate --version\n");
 }
 
@@ -60,20 +74,97 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 	log_info("configuration reloaded from %s", a->config_path);
 }
 
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct agent *a = w->data;
+
+	(void)loop; (void)revents;
+	store_mem_expire(a->mem);
+	store_mem_sync(a->mem);
+}
+
+static void make_rid_prefix(struct agent *a)
+{
+	uint64_t r = 0;
+	FILE *f = fopen("/dev/urandom", "rb");
+
+	if (!f || fread(&r, sizeof(r), 1, f) != 1)
+		r = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	if (f)
+		fclose(f);
+	snprintf(a->rid_prefix, sizeof(a->rid_prefix), "%016llx", (unsigned long long)r);
+}
+
+/* Start every subsystem the configuration asks for. -1 with err. */
+static int start(struct agent *a, char *err, size_t errlen)
+{
+	const struct tg_config *cfg = a->rt->cfg;
+
+	make_rid_prefix(a);
+	a->mem = store_mem_open(cfg->agent.state_dir, err, errlen);
+	if (!a->mem)
+		return -1;
+	a->store = a->mem;
+	a->metrics = metrics_new();
+	if (!a->metrics || tel_init(a) != 0) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	if (cfg->agent.http) {
+		a->http = http_server_new(a->loop, cfg->agent.http, err, errlen);
+		if (!a->http)
+			return -1;
+		metrics_http_register(a->metrics, a->http);
+		quota_admin_http(a, a->http);
+		a->mock = mock_provider_new(a->http);
+	}
+	if (cfg->agent.settle) {
+		a->settle = settle_server_new(a, cfg->agent.settle, err, errlen);
+		if (!a->settle)
+			return -1;
+	}
+	a->spop = spop_server_new(a->loop, cfg, err, errlen);
+	if (!a->spop || spop_server_listen(a->spop, err, errlen) != 0)
+		return -1;
+	messages_register(a->spop, a);
+	ev_timer_init(&a->tick, on_tick, 1., 1.);
+	a->tick.data = a;
+	ev_timer_start(a->loop, &a->tick);
+	return 0;
+}
+
+static void stop(struct agent *a)
+{
+	ev_timer_stop(a->loop, &a->tick);
+	spop_server_free(a->spop);
+	settle_server_free(a->settle);
+	if (a->mock)
+		mock_provider_free(a->mock);
+	if (a->http)
+		http_server_free(a->http);
+	tel_free(a);
+	if (a->store && a->store != a->mem)
+		a->store->ops->free(a->store->impl);
+	if (a->mem)
+		a->mem->ops->free(a->mem->impl);
+	if (a->metrics)
+		metrics_free(a->metrics);
+}
+
 static int run(struct agent *a)
 {
 	char err[512];
+	int rc = 0;
 
 	log_set_level(a->rt->cfg->agent.log_level);
 	signal(SIGPIPE, SIG_IGN);
 	a->loop = ev_default_loop(EVFLAG_AUTO);
-	a->spop = spop_server_new(a->loop, a->rt->cfg, err, sizeof(err));
-	if (!a->spop || spop_server_listen(a->spop, err, sizeof(err)) != 0) {
+	if (start(a, err, sizeof(err)) != 0) {
 		log_error("%s", err);
-		spop_server_free(a->spop);
+		stop(a);
+		ev_loop_destroy(a->loop);
 		return 1;
 	}
-	messages_register(a->spop, a);
 	ev_signal_init(&a->sigterm, on_stop, SIGTERM);
 	ev_signal_init(&a->sigint, on_stop, SIGINT);
 	ev_signal_init(&a->sighup, on_reload, SIGHUP);
@@ -81,22 +172,26 @@ static int run(struct agent *a)
 	ev_signal_start(a->loop, &a->sigterm);
 	ev_signal_start(a->loop, &a->sigint);
 	ev_signal_start(a->loop, &a->sighup);
-	log_info("tollgate %s: SPOP on %s%s%s", TOLLGATE_VERSION,
+	log_info("tollgate %s: SPOP on %s%s%s, http %s, settle %s, store %s",
+	         TOLLGATE_VERSION,
 	         a->rt->cfg->agent.listen ? a->rt->cfg->agent.listen : "-",
 	         a->rt->cfg->agent.unix_path ? " and unix:" : "",
-	         a->rt->cfg->agent.unix_path ? a->rt->cfg->agent.unix_path : "");
+	         a->rt->cfg->agent.unix_path ? a->rt->cfg->agent.unix_path : "",
+	         a->rt->cfg->agent.http ? a->rt->cfg->agent.http : "-",
+	         a->rt->cfg->agent.settle ? a->rt->cfg->agent.settle : "-",
+	         a->store == a->mem ? "embedded" : "redis");
 	ev_run(a->loop, 0);
 	log_info("stopped");
-	spop_server_free(a->spop);
+	stop(a);
 	ev_loop_destroy(a->loop);
-	return 0;
+	return rc;
 }
 
 int main(int argc, char **argv)
 {
 	struct agent a = { 0 };
 	struct tg_config *cfg;
-	const char *cmd = "run";
+	const char *cmd = "run", *out = NULL;
 	char err[512];
 	int i = 1, rc;
 
@@ -109,6 +204,8 @@ int main(int argc, char **argv)
 		} else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			usage(stdout);
 			return 0;
+		} else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
+			out = argv[++i];
 		} else if ((strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "-c") == 0) &&
 		           i + 1 < argc) {
 			a.config_path = argv[++i];
@@ -118,7 +215,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (strcmp(cmd, "run") != 0 && strcmp(cmd, "check") != 0) {
+	if (strcmp(cmd, "run") != 0 && strcmp(cmd, "check") != 0 &&
+	    strcmp(cmd, "haproxy-config") != 0) {
 		fprintf(stderr, "tollgate: unknown command '%s'\n", cmd);
 		usage(stderr);
 		return 2;
@@ -135,6 +233,20 @@ int main(int argc, char **argv)
 		printf("%s: ok\n", a.config_path);
 		config_free(cfg);
 		return 0;
+	}
+	if (strcmp(cmd, "haproxy-config") == 0) {
+		rc = 0;
+		if (!out) {
+			fprintf(stderr, "tollgate: haproxy-config needs --out DIR\n");
+			rc = 2;
+		} else if (render_haproxy(cfg, out, err, sizeof(err)) != 0) {
+			fprintf(stderr, "tollgate: %s\n", err);
+			rc = 1;
+		} else {
+			printf("%s/haproxy.cfg, %s/spoe.conf, %s/tollgate.lua written\n", out, out, out);
+		}
+		config_free(cfg);
+		return rc;
 	}
 	a.rt = runtime_new(cfg);
 	if (!a.rt) {

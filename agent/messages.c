@@ -9,7 +9,9 @@
 
 #include "agent.h"
 #include "config.h"
+#include "gateway.h"
 #include "messages.h"
+#include "settle.h"
 
 #define ECHO_MAX_DELAY_MS 10000
 
@@ -54,6 +56,8 @@ static void echo_handler(struct spop_tx *tx, struct spop_msg *msg, void *ctx)
 
 void messages_register(struct spop_server *srv, struct agent *agent)
 {
+	gateway_register(srv, agent);
+	settle_register(srv, agent);
 	if (agent->rt->cfg->agent.debug_messages)
 		spop_server_handle(srv, "tollgate-echo", echo_handler, agent);
 }
