@@ -1,7 +1,7 @@
 /* messages.c -- see messages.h.
  *
  * `tollgate-echo` is a diagnostic message (doc/spop-behaviour.md), enabled by
- * agent.debug_messages: each argument comes back as a txn variable of the
+ * agent.debug_messages (read at each message, so a reload turns it on or off): each argument comes back as a txn variable of the
  * same name and value (NULL unsets it); `delay_ms` holds the ACK on a timer.
  * Conformance tests and benchmarks use it to exercise the SPOP path alone.
  */
@@ -32,6 +32,8 @@ static void echo_handler(struct spop_tx *tx, struct spop_msg *msg, void *ctx)
 	char name[64];
 
 	(void)ctx;
+	if (!tx_config(tx)->agent.debug_messages)
+		return;                 /* disabled (perhaps by a reload): unknown */
 	while (spop_next_arg(msg, &kv) == SPOP_OK) {
 		int64_t ms;
 
@@ -58,6 +60,5 @@ void messages_register(struct spop_server *srv, struct agent *agent)
 {
 	gateway_register(srv, agent);
 	settle_register(srv, agent);
-	if (agent->rt->cfg->agent.debug_messages)
-		spop_server_handle(srv, "tollgate-echo", echo_handler, agent);
+	spop_server_handle(srv, "tollgate-echo", echo_handler, agent);
 }

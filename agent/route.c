@@ -88,6 +88,8 @@ void route_upstream(const struct tg_route *route, const struct req_view *r,
 	u->pkey_hdr = "authorization";
 	if (p->n_api_keys)
 		u->pkey = p->api_keys[turn % p->n_api_keys];
+	else if (p->type == TG_PROV_MOCK)
+		u->pkey = "tollgate-mock";      /* the mock wants a key, as a provider does */
 	switch (p->type) {
 	case TG_PROV_AZURE:
 		snprintf(u->path, sizeof(u->path), "%s/openai/deployments/%s%.*s", p->base_path,
