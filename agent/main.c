@@ -79,8 +79,7 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 	struct agent *a = w->data;
 
 	(void)loop; (void)revents;
-	store_mem_expire(a->mem);
-	store_mem_sync(a->mem);
+	store_mem_expire(a->mem);           /* leases, old rids, log sync */
 }
 
 static void make_rid_prefix(struct agent *a)
@@ -127,7 +126,7 @@ static int start(struct agent *a, char *err, size_t errlen)
 	if (!a->spop || spop_server_listen(a->spop, err, errlen) != 0)
 		return -1;
 	messages_register(a->spop, a);
-	ev_timer_init(&a->tick, on_tick, 1., 1.);
+	ev_timer_init(&a->tick, on_tick, .1, .1);   /* store_mem wants 100 ms */
 	a->tick.data = a;
 	ev_timer_start(a->loop, &a->tick);
 	return 0;
