@@ -130,6 +130,8 @@ struct tg_store_cfg {
 	uint32_t lease_ms;       /* YAML lease_ttl: reservation lease, default 600000 (10m) */
 	uint32_t breaker_threshold; /* consecutive failures opening the breaker, default 5 */
 	uint32_t breaker_cooldown_ms; /* YAML breaker_cooldown: default 1000 */
+	uint32_t instances;      /* agents sharing the store, default 1: with failure_mode
+	                            local each enforces 1/instances of every rate limit */
 };
 
 /* ------------------------------------------------------------- services */

@@ -775,7 +775,7 @@ static void parse_store(struct loader *L, const struct cy_node *m)
 {
 	static const char *const keys[] = {
 		"redis", "timeout_ms", "failure_mode", "lease_ttl", "breaker_threshold",
-		"breaker_cooldown", NULL };
+		"breaker_cooldown", "instances", NULL };
 	struct tg_store_cfg *s = &L->cfg->store;
 
 	allow_keys(L, m, keys);
@@ -788,6 +788,7 @@ static void parse_store(struct loader *L, const struct cy_node *m)
 	s->lease_ms = opt_ms(L, m, "lease_ttl", 600000, 1000, 7u * 86400 * 1000, false);
 	s->breaker_threshold = (uint32_t)opt_int(L, m, "breaker_threshold", 5, 1, 1000000);
 	s->breaker_cooldown_ms = opt_ms(L, m, "breaker_cooldown", 1000, 1, 3600000, false);
+	s->instances = (uint32_t)opt_int(L, m, "instances", 1, 1, 10000);
 }
 
 /* ------------------------------------------------------------- services */
