@@ -14,6 +14,8 @@
 #include <ev.h>
 #include <stdint.h>
 
+#include "config-t.h"
+
 #define TOLLGATE_VERSION "0.1.0"
 
 struct tg_config;
@@ -42,6 +44,8 @@ struct agent {
 	struct metrics *metrics;
 	struct store *store;        /* budgets: Redis or the embedded store */
 	struct store *mem;          /* the embedded store: counters (and budgets without Redis) */
+	struct store *local;        /* Redis's stand-in while it is sick (failure_mode local) */
+	struct tg_store_cfg redis_cfg; /* Redis reached through a plugin's service */
 	struct settle_server *settle;
 	char rid_prefix[20];        /* random per process: reservation ids never repeat */
 	uint64_t rid_seq;

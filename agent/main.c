@@ -28,6 +28,7 @@
 #include "settle.h"
 #include "spop_server.h"
 #include "store_mem.h"
+#include "store_redis.h"
 #include "telemetry.h"
 
 static void usage(FILE *f)
@@ -80,6 +81,8 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 
 	(void)loop; (void)revents;
 	store_mem_expire(a->mem);           /* leases, old rids, log sync */
+	if (a->local)
+		store_mem_expire(a->local);
 }
 
 static void make_rid_prefix(struct agent *a)
@@ -94,16 +97,71 @@ static void make_rid_prefix(struct agent *a)
 	snprintf(a->rid_prefix, sizeof(a->rid_prefix), "%016llx", (unsigned long long)r);
 }
 
+/* Which Redis holds the budgets: store.redis, else the first service a
+ * plugin's redis block names (Higress's `local-redis.static`), unless that
+ * service is `embedded`. NULL: the embedded store. */
+static const struct tg_store_cfg *redis_config(const struct tg_config *cfg,
+                                               struct tg_store_cfg *tmp)
+{
+	if (cfg->store.redis)
+		return &cfg->store;
+	for (size_t i = 0; i < cfg->n_routes; i++) {
+		const struct tg_route *rt = &cfg->routes[i];
+		const struct tg_redis_ref *refs[2] = {
+			rt->quota ? &rt->quota->redis : NULL,
+			rt->ratelimit ? &rt->ratelimit->redis : NULL,
+		};
+
+		for (int k = 0; k < 2; k++) {
+			const struct tg_redis_ref *r = refs[k];
+
+			if (!r || !r->service || r->service->embedded)
+				continue;
+			*tmp = cfg->store;
+			tmp->host = r->service->host;
+			tmp->port = r->service->port;
+			tmp->username = r->username;
+			tmp->password = r->password;
+			tmp->db = r->database;
+			return tmp;
+		}
+	}
+	return NULL;
+}
+
+static int open_stores(struct agent *a, char *err, size_t errlen)
+{
+	const struct tg_config *cfg = a->rt->cfg;
+	const struct tg_store_cfg *rc;
+	char dir[4096];
+
+	a->mem = store_mem_open(cfg->agent.state_dir, err, errlen);
+	if (!a->mem)
+		return -1;
+	a->store = a->mem;
+	if (!(rc = redis_config(cfg, &a->redis_cfg)))
+		return 0;
+	if (rc->failure_mode == TG_FAIL_LOCAL) {
+		snprintf(dir, sizeof(dir), "%s/local", cfg->agent.state_dir);
+		a->local = store_mem_open(dir, err, errlen);
+		if (!a->local)
+			return -1;
+	}
+	a->store = store_redis_open(a->loop, rc, a->local, err, errlen);
+	if (!a->store)
+		return -1;
+	store_redis_set_local_share(a->store, 1. / rc->instances);
+	return 0;
+}
+
 /* Start every subsystem the configuration asks for. -1 with err. */
 static int start(struct agent *a, char *err, size_t errlen)
 {
 	const struct tg_config *cfg = a->rt->cfg;
 
 	make_rid_prefix(a);
-	a->mem = store_mem_open(cfg->agent.state_dir, err, errlen);
-	if (!a->mem)
+	if (open_stores(a, err, errlen) != 0)
 		return -1;
-	a->store = a->mem;
 	a->metrics = metrics_new();
 	if (!a->metrics || tel_init(a) != 0) {
 		snprintf(err, errlen, "out of memory");
@@ -144,6 +202,8 @@ static void stop(struct agent *a)
 	tel_free(a);
 	if (a->store && a->store != a->mem)
 		a->store->ops->free(a->store->impl);
+	if (a->local)
+		a->local->ops->free(a->local->impl);
 	if (a->mem)
 		a->mem->ops->free(a->mem->impl);
 	if (a->metrics)

@@ -1,0 +1,258 @@
+/* store_redis_lua.h -- the Lua scripts of the Redis store, version 1.
+ *
+ * Owns: what runs inside Redis. Each admission and each settlement is ONE
+ * script, so it is atomic and costs one round trip (EVALSHA). The key
+ * layout is described in store_redis.h; the "tollgate:v1:" prefix written
+ * below is the script version: change a script's data layout and the
+ * prefix (and these names) change with it.
+ *
+ * `now` is Redis TIME in ms unless the caller passes now_ms >= 0 (tests,
+ * store_redis_set_test_clock). redis.replicate_commands() keeps TIME
+ * followed by writes legal on Redis < 5 (a no-op from 5 on).
+ *
+ * Kept as C string literals (no build step); every line ends in "\n" so
+ * Redis's error messages give useful line numbers.
+ */
+#ifndef TOLLGATE_STORE_REDIS_LUA_H
+#define TOLLGATE_STORE_REDIS_LUA_H
+
+/* admit: reserve the estimate in every bucket of one request, or in none.
+ *   KEYS[1]        tollgate:v1:res:<rid>
+ *   KEYS[2]        tollgate:v1:done:<rid>
+ *   KEYS[2i+1]     bucket i's data: tollgate:v1:win:K (rate) or K (quota)
+ *   KEYS[2i+2]     tollgate:v1:inf:K
+ *   ARGV           rid, lease_ms (> 0), strict (0|1), n, now_ms (-1: TIME),
+ *                  record_grace_ms, then per bucket:
+ *                  K, window_ms, limit, estimate (>= 0), w_in, w_out
+ * Returns {admitted, refused (0-based, -1), then per bucket used, reserved,
+ * remaining, reset_ms}, or {-1} when the rid is already reserved or settled
+ * (rids are unique per transaction: a reuse is a caller bug). Windows and
+ * reset_ms follow store_mem.c exactly: sub-windows of g = ceil(window/60)
+ * ms (1 ms up to 60 ms), one counts while it overlaps (now - window, now];
+ * reset_ms is 0 when one more request (of this estimate when strict) would
+ * pass, else the time until enough settled usage slides out, in-flight
+ * reservations counted as if settled now (one window + the current
+ * sub-window when they alone are too much). A key listed twice in one
+ * request sees the request's own earlier estimate. */
+static const char STORE_REDIS_LUA_ADMIT[] =
+"-- tollgate admit v1\n"
+"if redis.replicate_commands then redis.replicate_commands() end\n"
+"local rid, lease, strict = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'\n"
+"local n, now, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
+"if now < 0 then\n"
+"  local t = redis.call('TIME')\n"
+"  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+"end\n"
+"if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then\n"
+"  return { -1 }\n"
+"end\n"
+"\n"
+"local function hdel_all(key, fields)\n"
+"  for i = 1, #fields, 512 do\n"
+"    redis.call('HDEL', key, unpack(fields, i, math.min(i + 511, #fields)))\n"
+"  end\n"
+"end\n"
+"\n"
+"local function pair(v)\n"
+"  local p = string.find(v, ':', 1, true)\n"
+"  return tonumber(string.sub(v, 1, p - 1)), tonumber(string.sub(v, p + 1))\n"
+"end\n"
+"\n"
+"-- in-flight hash: rid -> 'estimate:expiry', and '' -> 'sum:next' (the sum of\n"
+"-- the estimates, a lower bound of the expiries): while nothing can have\n"
+"-- lapsed the sum is read in O(1); else the hash is scanned and lapsed\n"
+"-- leases are removed\n"
+"local function inflight(key)\n"
+"  local agg = redis.call('HGET', key, '')\n"
+"  if agg then\n"
+"    local sum, nxt = pair(agg)\n"
+"    if nxt > now then return sum end\n"
+"  end\n"
+"  local all, sum, nxt, dead = redis.call('HGETALL', key), 0, nil, {}\n"
+"  for j = 1, #all, 2 do\n"
+"    if all[j] ~= '' then\n"
+"      local est, exp = pair(all[j + 1])\n"
+"      if exp <= now then dead[#dead + 1] = all[j]\n"
+"      else\n"
+"        sum = sum + est\n"
+"        if not nxt or exp < nxt then nxt = exp end\n"
+"      end\n"
+"    end\n"
+"  end\n"
+"  hdel_all(key, dead)\n"
+"  if nxt then redis.call('HSET', key, '', string.format('%d:%d', sum, nxt))\n"
+"  else redis.call('HDEL', key, '') end\n"
+"  return sum\n"
+"end\n"
+"\n"
+"local function gran_of(win)\n"
+"  if win <= 60 then return 1 end\n"
+"  return math.ceil(win / 60)\n"
+"end\n"
+"\n"
+"-- settled usage of the sub-windows overlapping (now - win, now]\n"
+"local function window(key, win)\n"
+"  local gran = gran_of(win)\n"
+"  local oldest = math.floor((now - win) / gran)\n"
+"  local all, used, live, dead = redis.call('HGETALL', key), 0, {}, {}\n"
+"  for j = 1, #all, 2 do\n"
+"    local idx, amt = tonumber(all[j]), tonumber(all[j + 1])\n"
+"    if idx < oldest then dead[#dead + 1] = all[j]\n"
+"    else used = used + amt; live[#live + 1] = { idx, amt } end\n"
+"  end\n"
+"  hdel_all(key, dead)\n"
+"  table.sort(live, function(a, b) return a[1] < b[1] end)\n"
+"  return used, live\n"
+"end\n"
+"\n"
+"-- ms until `excess` settled tokens have slid out of the window\n"
+"local function reset_after(win, live, excess)\n"
+"  if excess <= 0 then return 0 end\n"
+"  local gran = gran_of(win)\n"
+"  for _, s in ipairs(live) do\n"
+"    excess = excess - s[2]\n"
+"    if excess <= 0 then return (s[1] + 1) * gran + win - now end\n"
+"  end\n"
+"  return (math.floor(now / gran) + 1) * gran + win - now\n"
+"end\n"
+"\n"
+"-- fill x.remaining and x.reset for `reserved`; true if the bucket admits\n"
+"local function judge(x, reserved)\n"
+"  x.reserved = reserved\n"
+"  if x.win == 0 then\n"
+"    x.remaining, x.reset = x.balance - reserved, 0\n"
+"    if strict then return x.remaining - x.est >= 0 end\n"
+"    return x.remaining > 0\n"
+"  end\n"
+"  x.remaining = x.limit - x.used - reserved\n"
+"  local excess\n"
+"  if strict then excess = x.used + reserved + x.est - x.limit\n"
+"  else excess = x.used + reserved - x.limit + 1 end\n"
+"  x.reset = reset_after(x.win, x.live, excess)\n"
+"  return excess <= 0\n"
+"end\n"
+"\n"
+"local b, refused, mine = {}, -1, {}\n"
+"for i = 1, n do\n"
+"  local a = 6 + (i - 1) * 6\n"
+"  local x = { key = ARGV[a + 1], win = tonumber(ARGV[a + 2]), limit = tonumber(ARGV[a + 3]),\n"
+"              est = tonumber(ARGV[a + 4]), wi = ARGV[a + 5], wo = ARGV[a + 6],\n"
+"              data = KEYS[2 * i + 1], inf = KEYS[2 * i + 2], used = 0, live = {} }\n"
+"  x.base = inflight(x.inf)\n"
+"  if x.win > 0 then x.used, x.live = window(x.data, x.win)\n"
+"  else x.balance = tonumber(redis.call('GET', x.data) or '0') or 0 end\n"
+"  if not judge(x, x.base + (mine[x.inf] or 0)) and refused < 0 then refused = i - 1 end\n"
+"  mine[x.inf] = (mine[x.inf] or 0) + x.est\n"
+"  b[i] = x\n"
+"end\n"
+"\n"
+"if refused < 0 and n > 0 then\n"
+"  local exp = now + lease\n"
+"  local rec, done = { x = exp, b = {} }, {}\n"
+"  for i = 1, n do\n"
+"    local x = b[i]\n"
+"    if not done[x.inf] then\n"
+"      local sum, nxt = x.base, exp\n"
+"      local agg = redis.call('HGET', x.inf, '')\n"
+"      if agg then\n"
+"        local _, was = pair(agg)\n"
+"        if was < nxt then nxt = was end\n"
+"      end\n"
+"      redis.call('HSET', x.inf, rid, string.format('%d:%d', mine[x.inf], exp),\n"
+"                 '', string.format('%d:%d', sum + mine[x.inf], nxt))\n"
+"      if redis.call('PTTL', x.inf) < lease then redis.call('PEXPIRE', x.inf, lease) end\n"
+"      done[x.inf] = true\n"
+"    end\n"
+"    rec.b[i] = { k = x.key, w = x.win, i = x.wi, o = x.wo }\n"
+"  end\n"
+"  redis.call('SET', KEYS[1], cjson.encode(rec), 'PX', lease + grace)\n"
+"  -- the view after the reservation: what one more request would meet\n"
+"  for i = 1, n do judge(b[i], b[i].base + mine[b[i].inf]) end\n"
+"end\n"
+"\n"
+"local out = { refused < 0 and 1 or 0, refused }\n"
+"for i = 1, n do\n"
+"  local x = b[i]\n"
+"  out[#out + 1] = x.used\n"
+"  out[#out + 1] = x.reserved\n"
+"  out[#out + 1] = x.remaining\n"
+"  out[#out + 1] = x.reset\n"
+"end\n"
+"return out\n";
+
+/* settle: replace a reservation by the real usage, once per rid.
+ *   KEYS[1]        tollgate:v1:res:<rid>
+ *   KEYS[2]        tollgate:v1:done:<rid>
+ *   ARGV           rid, in, out, now_ms (-1: TIME), marker_ttl_ms
+ * Returns 0 settled, 1 duplicate, 2 late (lease expired; still charged),
+ * 3 unknown (no record; nothing charged). Each bucket is charged
+ * ceil(in * w_in + out * w_out) (a product a hair above an integer counts as
+ * that integer, as in store_mem.c), rate usage in the sub-window of `now`.
+ * The bucket keys come from the record, so they are not in KEYS: fine on a
+ * standalone Redis, not on a Cluster (see store_redis.h). */
+static const char STORE_REDIS_LUA_SETTLE[] =
+"-- tollgate settle v1\n"
+"if redis.replicate_commands then redis.replicate_commands() end\n"
+"local rid, tin, tout = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+"local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+"if now < 0 then\n"
+"  local t = redis.call('TIME')\n"
+"  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+"end\n"
+"if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end\n"
+"local raw = redis.call('GET', KEYS[1])\n"
+"if not raw then return 3 end\n"
+"local rec = cjson.decode(raw)\n"
+"local function pair(v)\n"
+"  local p = string.find(v, ':', 1, true)\n"
+"  return tonumber(string.sub(v, 1, p - 1)), string.sub(v, p + 1)\n"
+"end\n"
+"-- take the reservation out of a bucket's in-flight hash and its sum\n"
+"local function unreserve(ikey)\n"
+"  local v = redis.call('HGET', ikey, rid)\n"
+"  if not v then return end\n"
+"  redis.call('HDEL', ikey, rid)\n"
+"  local agg = redis.call('HGET', ikey, '')\n"
+"  if not agg then return end\n"
+"  if redis.call('HLEN', ikey) <= 1 then redis.call('DEL', ikey); return end\n"
+"  local est = pair(v)\n"
+"  local sum, nxt = pair(agg)\n"
+"  redis.call('HSET', ikey, '', string.format('%d:', sum - est) .. nxt)\n"
+"end\n"
+"for _, b in ipairs(rec.b) do\n"
+"  unreserve('tollgate:v1:inf:' .. b.k)\n"
+"  local amt = math.ceil(tin * tonumber(b.i) + tout * tonumber(b.o) - 1e-6)\n"
+"  if amt > 0 then\n"
+"    if b.w > 0 then\n"
+"      local gran = 1\n"
+"      if b.w > 60 then gran = math.ceil(b.w / 60) end\n"
+"      local wkey = 'tollgate:v1:win:' .. b.k\n"
+"      redis.call('HINCRBY', wkey, string.format('%d', math.floor(now / gran)),\n"
+"                 string.format('%d', amt))\n"
+"      redis.call('PEXPIRE', wkey, string.format('%d', b.w + 2 * gran))\n"
+"    else\n"
+"      redis.call('DECRBY', b.k, string.format('%d', amt))\n"
+"    end\n"
+"  end\n"
+"end\n"
+"local rc = 0\n"
+"if now >= rec.x then rc = 2 end\n"
+"redis.call('DEL', KEYS[1])\n"
+"redis.call('SET', KEYS[2], rc, 'PX', ttl)\n"
+"return rc\n";
+
+/* charge: apply once the quota charge of a request admitted locally while
+ * Redis was unavailable (replayed from the agent's queue).
+ *   KEYS[1]        the quota balance K
+ *   KEYS[2]        tollgate:v1:chg:<rid>:<i>
+ *   ARGV           amount, marker_ttl_ms
+ * Returns 0 applied, 1 already applied. */
+static const char STORE_REDIS_LUA_CHARGE[] =
+"-- tollgate charge v1\n"
+"if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then\n"
+"  redis.call('DECRBY', KEYS[1], ARGV[1])\n"
+"  return 0\n"
+"end\n"
+"return 1\n";
+
+#endif
