@@ -29,6 +29,9 @@ $(BUILD)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c $< -o $@
 
+# render.c embeds the Lua filter (.incbin): editing it rebuilds the agent.
+$(BUILD)/agent/render.o: haproxy/tollgate.lua
+
 $(BUILD)/libspop.a: $(SPOE_OBJ)
 	ar rcs $@ $^
 

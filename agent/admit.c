@@ -219,6 +219,9 @@ void admit_plan(const struct tg_route *route, const struct tg_consumer *consumer
 		           q->redis_key_prefix, consumer->name);
 		p->req.strict = p->req.strict || q->strict;
 	}
+	if (p->req.n == 0)      /* metered all the same, and settled exactly once */
+		add_bucket(p, BUCKET_METER, "-", INT64_MAX / 4, 1000, 1., 1.,
+		           "tollgate:{%s}:meter", tag);
 }
 
 void admit_verdict(const struct tg_route *route, const struct admit_plan *plan,

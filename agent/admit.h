@@ -18,7 +18,11 @@
 
 #define ADMIT_DEFAULT_OUTPUT 256     /* output estimate when the request sets no cap */
 
-enum bucket_kind { BUCKET_RATE, BUCKET_QUOTA };
+enum bucket_kind {
+	BUCKET_RATE,
+	BUCKET_QUOTA,
+	BUCKET_METER,               /* no limit: only makes the reservation settle once */
+};
 
 struct bucket_meta {
 	enum bucket_kind kind;

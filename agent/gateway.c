@@ -187,9 +187,10 @@ static void admit_done(const struct store_admit_res *res, void *arg)
 	} else {
 		admit_verdict(p->route, &p->plan, res, &v);
 		for (unsigned i = 0; i < p->plan.req.n; i++)
-			tel_limit_decision(p->a->metrics, p->plan.meta[i].rule,
-			                       !res->admitted && res->refused == (int)i ? "refused"
-			                       : res->admitted ? "admitted" : "skipped");
+			if (p->plan.meta[i].kind != BUCKET_METER)
+				tel_limit_decision(p->a->metrics, p->plan.meta[i].rule,
+				                   !res->admitted && res->refused == (int)i ? "refused"
+				                   : res->admitted ? "admitted" : "skipped");
 		if (v.admitted) {
 			set_allow(p, &v);
 			count_decision(p, "allow", 200);
@@ -219,7 +220,10 @@ static void admit_start(struct pending *p, const struct req_view *r)
 	const struct tg_config *cfg = p->rt->cfg;
 	const struct tg_provider *prov = p->route->provider;
 	size_t pi = (size_t)(prov - cfg->providers);
-	bool rewrite_usage = p->lr.stream && !p->lr.include_usage;
+	/* stream_options exists for chat/completions and completions only; the
+	 * Responses API always reports usage in response.completed. */
+	bool responses_api = r->path.len >= 13 && memcmp(r->path.ptr, "/v1/responses", 13) == 0;
+	bool rewrite_usage = p->lr.stream && !p->lr.include_usage && !responses_api;
 
 	route_upstream(p->route, r, p->lr.model, p->rt->turns[pi]++, &p->up);
 	if (p->lr.json && (rewrite_usage || p->up.model[0])) {

@@ -312,7 +312,9 @@ static void write_head(struct http_conn *c, int minor, int status, const char *c
 	            http_status_text(status), date_header(c->srv));
 	if (ctype)
 		wbuf_printf(c, "Content-Type: %s\r\n", ctype);
-	if (content_length >= 0)
+	if (status < 200 || status == 204 || status == 304)
+		;                                  /* no body, no framing */
+	else if (content_length >= 0)
 		wbuf_printf(c, "Content-Length: %lld\r\n", content_length);
 	else if (minor >= 1)
 		wbuf_printf(c, "Transfer-Encoding: chunked\r\n");
@@ -775,6 +777,8 @@ int http_reply_ex(struct http_req *req, int status, const char *content_type,
 		req_free(req);
 		return -1;
 	}
+	if (status < 200 || status == 204 || status == 304)
+		len = 0;
 	write_head(c, req->minor, status, content_type, extra_headers, (long long)len,
 	           req->keepalive);
 	if (!req->is_head)
@@ -1280,6 +1284,18 @@ void http_server_set_timeouts(struct http_server *srv, double idle, double reque
 		srv->send_timeout = send;
 }
 
+/* At shutdown: one non-blocking write of what is queued (a stream's
+ * terminating chunk, a last answer), best effort. */
+static void conn_flush_last(struct http_conn *c)
+{
+	ssize_t n;
+
+	if (c->woff < c->wlen && !c->failed) {
+		n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
+		(void)n;
+	}
+}
+
 void http_server_free(struct http_server *srv)
 {
 	if (!srv)
@@ -1288,6 +1304,8 @@ void http_server_free(struct http_server *srv)
 	ev_timer_stop(srv->loop, &srv->accept_pause);
 	close(srv->fd);
 	srv->fd = -1;
+	for (struct http_conn *c = srv->conns; c; c = c->next)
+		conn_flush_last(c);
 	while (srv->conns)
 		conn_close(srv->conns);
 	ev_ref(srv->loop);

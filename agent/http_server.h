@@ -93,8 +93,9 @@ void http_server_set_timeouts(struct http_server *srv, double idle, double reque
  * is invalid. The strings are copied. */
 int  http_server_route(struct http_server *srv, const char *method,
                        const char *path_prefix, http_handler_fn fn, void *ctx);
-/* Closes the listener and every connection; pending requests are detached
- * (cancel callbacks run). */
+/* Closes the listener and every connection (after one non-blocking write of
+ * what each has queued); pending requests are detached (cancel callbacks
+ * run). */
 void http_server_free(struct http_server *srv);
 struct ev_loop *http_server_loop(const struct http_server *srv);
 const struct http_stats *http_server_stats(const struct http_server *srv);

@@ -77,8 +77,9 @@ struct mock_provider;
 
 /* Registers the /mock/ routes on srv. NULL on failure (route table full). */
 struct mock_provider *mock_provider_new(struct http_server *srv);
-/* Ends answers in flight (their streams are terminated) and frees. Call
- * after http_server_free(), or when no request can reach /mock/ any more. */
+/* Ends answers in flight (streams get their terminating chunk) and frees.
+ * Before or after http_server_free(), but with no loop iteration in between
+ * (the routes point at mp until the server is freed). */
 void mock_provider_free(struct mock_provider *mp);
 /* Answers currently in flight (delayed or streaming). */
 unsigned mock_provider_active(const struct mock_provider *mp);

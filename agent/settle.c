@@ -179,12 +179,12 @@ static void on_response(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 	meter_parse_usage(body.ptr, body.len, &u);
 	if (!u.found && tail.len)
 		meter_parse_usage(tail.ptr, tail.len, &u);
-	/* An error body is not model output: only the prompt is estimated. */
-	if (u.found)
-		settle(a, ridbuf, &c, "spop", status, u.in, u.out, 0);
-	else
-		settle(a, ridbuf, &c, "spop", status, -1, -1,
-		       status >= 400 ? 0 : meter_estimate_text(body.ptr, body.len) * 4);
+	/* Without usage here (a body cut by HAProxy's buffer, a provider that
+	 * reports none) the settlement record decides: by then the Lua filter
+	 * has seen the whole body. */
+	if (!u.found)
+		return;
+	settle(a, ridbuf, &c, "spop", status, u.in, u.out, 0);
 	tx_set_int(tx, "settled", 1);
 }
 
@@ -224,9 +224,9 @@ int settle_record(struct agent *a, const char *line, size_t len)
 	bytes = field_int(f[9]);
 	if (in >= 0 || out >= 0)
 		settle(a, f[2], &c, "record", (int)field_int(f[4]), in < 0 ? 0 : in, out < 0 ? 0 : out, 0);
-	else
+	else    /* an error body is not model output: only the prompt is estimated */
 		settle(a, f[2], &c, "record", (int)field_int(f[4]), -1, -1,
-		       seen >= 0 ? seen : (bytes > 0 && !c.stream && field_int(f[4]) < 400 ? bytes : 0));
+		       field_int(f[4]) >= 400 ? 0 : seen >= 0 ? seen : (bytes > 0 && !c.stream ? bytes : 0));
 	return 1;
 }
 

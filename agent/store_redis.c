@@ -568,6 +568,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
 		return;
 	}
 	s->connected = true;
+	s->warned_down = false;
 	s->backoff = BACKOFF_MIN;
 	s->last_reply = ev_now(s->loop);
 	s->st.connects++;
@@ -955,8 +956,13 @@ static void on_local_admit(const struct store_admit_res *lres, void *arg)
 	              ? la->map[lres->refused] : -1;
 	for (unsigned i = 0; i < la->nsub; i++)
 		res.st[la->map[i]] = lres->st[i];
-	if (res.err || !res.admitted || rids_insert(s, la->e) != 0)
+	if (res.err || !res.admitted) {
 		free(la->e);
+	} else if (rids_insert(s, la->e) != 0) {
+		log_warn("redis store: too many local admissions remembered; %s will lapse "
+		         "instead of settling", la->e->rid);
+		free(la->e);
+	}
 	la->cb(&res, la->arg);
 	free(la);
 }
@@ -971,6 +977,14 @@ static void admit_local(struct rstore *s, const struct store_admit_req *req,
 	struct local_admit *la = calloc(1, sizeof(*la));
 	unsigned nq = 0;
 
+	if (rids_find(s, req->rid)) {      /* a reused rid, as store_mem.c answers it */
+		free(la);
+		memset(&none, 0, sizeof(none));
+		none.err = -1;
+		none.refused = -1;
+		cb(&none, arg);
+		return;
+	}
 	for (unsigned i = 0; i < req->n; i++)
 		nq += req->b[i].window_ms == 0;
 	if (!la || !(la->e = calloc(1, sizeof(*la->e) + nq * sizeof(struct local_quota)))) {
@@ -1401,9 +1415,10 @@ static int call_start(struct call *c)
 {
 	struct rstore *s = c->s;
 
-	ev_timer_init(&c->deadline, on_deadline, s->timeout, 0.);
-	c->deadline.data = c;
+	/* the loop's clock may lag: count the deadline from now, really */
 	c->t0 = ev_time();
+	ev_timer_init(&c->deadline, on_deadline, s->timeout + (c->t0 - ev_now(s->loop)), 0.);
+	c->deadline.data = c;
 	if (call_send(c) != 0) {
 		call_fail(c, FAIL_CONN);
 		call_done(c);

@@ -25,10 +25,11 @@
  *                              lower bound of the expiries) so that a bucket
  *                              with no lapsed lease is read in O(1); lapsed
  *                              leases are pruned by the next admission
- *   tollgate:v1:res:<rid>      the reservation: JSON {x: expiry_ms, b: [{k,
- *                              w: window_ms, i: w_in, o: w_out}]}, kept for
- *                              the lease + 1 h so that a late settlement
- *                              still knows what to charge
+ *   tollgate:v1:res:<rid>      the reservation, a string "expiry_ms|" then
+ *                              per bucket "window_ms|w_in|w_out|len(K)|K"
+ *                              (length-prefixed: keys may hold any byte),
+ *                              kept for the lease + 1 h so that a late
+ *                              settlement still knows what to charge
  *   tollgate:v1:done:<rid>     settled marker (1 h): a second settlement of
  *                              the rid is STORE_DUPLICATE
  *   tollgate:v1:chg:<rid>:<i>  marker (1 h) of a replayed quota charge (see
