@@ -30,12 +30,15 @@ struct pending {
 	const struct tg_consumer *consumer;
 	struct llm_request lr;
 	struct upstream up;
+	char *body_orig;            /* kept when admission may rewrite it */
+	size_t body_orig_len;
 	char *body_new;
 	size_t body_new_len;
+	bool rewrite_usage;         /* ask for stream_options.include_usage */
 	bool hide_usage;
 	char rid[64];
 	char ctx[512];
-	ev_tstamp t0;
+	ev_tstamp t0, t_store;
 	struct admit_plan plan;
 };
 
@@ -140,6 +143,7 @@ static void set_allow(struct pending *p, const struct admit_verdict *v)
 
 static void pending_free(struct pending *p)
 {
+	free(p->body_orig);
 	free(p->body_new);
 	runtime_unref(p->rt);
 	free(p);
@@ -159,12 +163,58 @@ static void count_decision(struct pending *p, const char *decision, int status)
 
 /* ---- admission ------------------------------------------------------ */
 
+/* clamp_max_tokens: the output tokens the tightest rate limit still allows
+ * this request (its own reservation counted back in); -1 if no clamp. */
+static int64_t clamp_output(const struct pending *p, const struct store_admit_res *res)
+{
+	const struct tg_ai_token_ratelimit *rl = p->route->ratelimit;
+	int64_t best = -1;
+
+	if (!rl || !rl->clamp_max_tokens)
+		return -1;
+	for (unsigned i = 0; i < p->plan.req.n; i++) {
+		const struct store_bucket *b = &p->plan.req.b[i];
+		double budget, out;
+
+		if (p->plan.meta[i].kind != BUCKET_RATE || b->w_out <= 0)
+			continue;
+		budget = (double)(res->st[i].remaining + b->estimate) - (double)p->plan.est_in * b->w_in;
+		out = budget / b->w_out;
+		if (out < 1)
+			out = 1;
+		if (best < 0 || (int64_t)out < best)
+			best = (int64_t)out;
+	}
+	if (best < 0 || (p->lr.max_tokens >= 0 && best >= p->lr.max_tokens))
+		return -1;
+	return best;
+}
+
+/* Model mapping, include_usage, clamp: one rewrite of the original body. */
+static void rewrite_body(struct pending *p, int64_t clamp)
+{
+	if (!p->body_orig || (!p->rewrite_usage && !p->up.model[0] && clamp < 0))
+		return;
+	p->body_new = meter_rewrite_request(p->body_orig, p->body_orig_len, p->rewrite_usage,
+	                                    p->up.model[0] ? p->up.model : NULL, clamp,
+	                                    &p->body_new_len);
+	p->hide_usage = p->rewrite_usage && p->body_new;
+}
+
+static void report_quota(struct pending *p, const struct store_admit_res *res)
+{
+	for (unsigned i = 0; i < p->plan.req.n; i++)
+		if (p->plan.meta[i].kind == BUCKET_QUOTA && p->consumer)
+			tel_quota_remaining(p->a->metrics, p->consumer->name, res->st[i].remaining);
+}
+
 static void admit_done(const struct store_admit_res *res, void *arg)
 {
 	struct pending *p = arg;
 	const struct tg_config *cfg = p->rt->cfg;
 	struct admit_verdict v;
 
+	tel_store_latency(p->a->metrics, ev_time() - p->t_store);
 	if (tx_abandoned(p->tx)) {
 		/* HAProxy gave up: the reservation is a lease and will expire. */
 		tx_release(p->tx);
@@ -181,17 +231,20 @@ static void admit_done(const struct store_admit_res *res, void *arg)
 			count_decision(p, "store_closed", 503);
 		} else {
 			p->rid[0] = 0;      /* nothing reserved: the record settles nothing */
+			rewrite_body(p, -1);
 			set_allow(p, NULL);
 			count_decision(p, "store_open", 200);
 		}
 	} else {
 		admit_verdict(p->route, &p->plan, res, &v);
+		report_quota(p, res);
 		for (unsigned i = 0; i < p->plan.req.n; i++)
 			if (p->plan.meta[i].kind != BUCKET_METER)
 				tel_limit_decision(p->a->metrics, p->plan.meta[i].rule,
 				                   !res->admitted && res->refused == (int)i ? "refused"
 				                   : res->admitted ? "admitted" : "skipped");
 		if (v.admitted) {
+			rewrite_body(p, clamp_output(p, res));
 			set_allow(p, &v);
 			count_decision(p, "allow", 200);
 		} else {
@@ -219,23 +272,26 @@ static void admit_start(struct pending *p, const struct req_view *r)
 	struct agent *a = p->a;
 	const struct tg_config *cfg = p->rt->cfg;
 	const struct tg_provider *prov = p->route->provider;
+	const struct tg_ai_token_ratelimit *rl = p->route->ratelimit;
 	size_t pi = (size_t)(prov - cfg->providers);
 	/* stream_options exists for chat/completions and completions only; the
 	 * Responses API always reports usage in response.completed. */
 	bool responses_api = r->path.len >= 13 && memcmp(r->path.ptr, "/v1/responses", 13) == 0;
-	bool rewrite_usage = p->lr.stream && !p->lr.include_usage && !responses_api;
 
+	p->rewrite_usage = p->lr.stream && !p->lr.include_usage && !responses_api;
 	route_upstream(p->route, r, p->lr.model, p->rt->turns[pi]++, &p->up);
-	if (p->lr.json && (rewrite_usage || p->up.model[0])) {
-		p->body_new = meter_rewrite_request(r->body.ptr, r->body.len, rewrite_usage,
-		                                    p->up.model[0] ? p->up.model : NULL,
-		                                    &p->body_new_len);
-		p->hide_usage = rewrite_usage && p->body_new;
+	if (p->lr.json && (p->rewrite_usage || p->up.model[0] || (rl && rl->clamp_max_tokens))) {
+		p->body_orig = malloc(r->body.len + 1);
+		if (p->body_orig) {
+			memcpy(p->body_orig, r->body.ptr, r->body.len);
+			p->body_orig_len = r->body.len;
+		}
 	}
 	new_rid(a, p->rid, sizeof(p->rid));
 	admit_plan(p->route, p->consumer, r, &p->lr, p->rid, cfg->store.lease_ms, &p->plan);
 	make_ctx(p);
 	tx_hold(p->tx);
+	p->t_store = ev_time();
 	a->store->ops->admit(a->store->impl, &p->plan.req, admit_done, p);
 }
 

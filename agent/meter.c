@@ -178,8 +178,10 @@ void meter_parse_usage(const char *body, size_t len, struct llm_usage *u)
 }
 
 char *meter_rewrite_request(const char *body, size_t len, bool add_include_usage,
-                            const char *new_model, size_t *out_len)
+                            const char *new_model, int64_t max_tokens, size_t *out_len)
 {
+	static const char *const caps[] = { "max_completion_tokens", "max_output_tokens",
+	                                    "max_tokens" };
 	cJSON *root = cJSON_ParseWithLength(body, len), *so;
 	char *out;
 
@@ -199,6 +201,15 @@ char *meter_rewrite_request(const char *body, size_t len, bool add_include_usage
 		}
 		cJSON_DeleteItemFromObjectCaseSensitive(so, "include_usage");
 		cJSON_AddTrueToObject(so, "include_usage");
+	}
+	if (max_tokens >= 0) {
+		const char *field = "max_tokens";
+
+		for (unsigned i = 0; i < sizeof(caps) / sizeof(*caps); i++)
+			if (cJSON_GetObjectItemCaseSensitive(root, caps[i]))
+				field = caps[i];
+		cJSON_DeleteItemFromObjectCaseSensitive(root, field);
+		cJSON_AddNumberToObject(root, field, (double)max_tokens);
 	}
 	out = cJSON_PrintUnformatted(root);
 	cJSON_Delete(root);

@@ -39,9 +39,11 @@ int64_t meter_estimate_text(const char *s, size_t len);
  * (e.g. the tail of a body larger than HAProxy's buffer) is scanned. */
 void meter_parse_usage(const char *body, size_t len, struct llm_usage *u);
 
-/* A copy of the request body with stream_options.include_usage = true, and
- * the model replaced when new_model is not NULL. malloc'ed; NULL on error. */
+/* A copy of the request body with stream_options.include_usage = true, the
+ * model replaced when new_model is not NULL, and the token cap lowered to
+ * max_tokens when >= 0 (the field the request used, else "max_tokens").
+ * malloc'ed; NULL on error. */
 char *meter_rewrite_request(const char *body, size_t len, bool add_include_usage,
-                            const char *new_model, size_t *out_len);
+                            const char *new_model, int64_t max_tokens, size_t *out_len);
 
 #endif

@@ -106,6 +106,7 @@ static void settled(enum store_settle_rc rc, void *arg)
 			.rid = s->rid, .route = s->c.route, .provider = s->c.provider,
 			.model = s->c.model, .consumer = s->c.consumer, .source = s->source,
 			.status = s->status, .in = s->in, .out = s->out, .estimated = s->estimated,
+			.reserved = s->c.est_in + s->c.est_out,
 		};
 
 		tel_usage(s->a, &u);

@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "spop_server.h"
 #include "store_mem.h"
+#include "store_redis.h"
 #include "telemetry.h"
 
 #define COUNTER_PREFIX "tokens|"
@@ -38,9 +39,15 @@ static void restore_counter(const char *name, int64_t value, void *arg)
 static void collect_spop(struct metrics *m, void *arg)
 {
 	struct agent *a = arg;
+	struct store_redis_stats rs;
 
 	if (a->spop)
 		metrics_spop_stats(m, spop_server_stats(a->spop));
+	if (a->store && a->store != a->mem) {       /* Redis */
+		store_redis_stats(a->store, &rs);
+		tgm_store_breaker(m, rs.breaker != STORE_REDIS_CLOSED);
+		metrics_set(m, TGM_STORE_ERRORS, NULL, (double)(rs.errors + rs.timeouts));
+	}
 }
 
 int tel_init(struct agent *a)
@@ -90,6 +97,11 @@ void tel_unverdicted(struct metrics *m)
 	tgm_unverdicted(m);
 }
 
+void tel_quota_remaining(struct metrics *m, const char *consumer, int64_t remaining)
+{
+	tgm_quota_remaining(m, consumer, (double)remaining);
+}
+
 void tel_settlement(struct metrics *m, const char *result, const char *source)
 {
 	static const char *const names[] = { "settled", "duplicate", "late", "unknown", "error" };
@@ -120,6 +132,8 @@ void tel_usage(struct agent *a, const struct usage_record *u)
 	           (uint64_t)u->out);
 	persist(a, "input", u, u->in);
 	persist(a, "output", u, u->out);
+	if (u->reserved >= 0 && u->in + u->out > u->reserved)
+		tgm_overshoot(a->metrics, u->route, (uint64_t)(u->in + u->out - u->reserved));
 	/* The usage line: names and numbers only, never a credential. */
 	log_msg(LOG_INFO, "usage {\"rid\":\"%s\",\"route\":\"%s\",\"provider\":\"%s\",\"model\":\"%s\","
 	        "\"consumer\":\"%s\",\"status\":%d,\"input_tokens\":%lld,\"output_tokens\":%lld,"

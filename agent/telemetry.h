@@ -27,11 +27,13 @@ void tel_store_error(struct metrics *m);
 void tel_store_latency(struct metrics *m, double seconds);
 void tel_limit_decision(struct metrics *m, const char *rule, const char *outcome);
 void tel_unverdicted(struct metrics *m);
+void tel_quota_remaining(struct metrics *m, const char *consumer, int64_t remaining);
 
 struct usage_record {
 	const char *rid, *route, *provider, *model, *consumer, *source;
 	int status;
 	int64_t in, out;
+	int64_t reserved;           /* the admission's estimate (overshoot = in + out - reserved) */
 	bool estimated;
 };
 /* Tokens of a settled request: counters (persisted), usage log line. */

@@ -98,7 +98,7 @@ CASE(usage_absent_or_cut)
 CASE(rewrite_adds_include_usage)
 {
 	size_t n = 0;
-	char *out = meter_rewrite_request(S("{\"model\":\"a\",\"stream\":true}"), true, "b", &n);
+	char *out = meter_rewrite_request(S("{\"model\":\"a\",\"stream\":true}"), true, "b", -1, &n);
 	struct llm_request r;
 
 	CHECK(out != NULL);
@@ -108,7 +108,26 @@ CASE(rewrite_adds_include_usage)
 	meter_parse_request(out, n, &r);
 	CHECK(r.include_usage && r.stream && strcmp(r.model, "b") == 0);
 	free(out);
-	CHECK(meter_rewrite_request(S("nope"), true, NULL, &n) == NULL);
+	CHECK(meter_rewrite_request(S("nope"), true, NULL, -1, &n) == NULL);
+}
+
+CASE(rewrite_clamps_max_tokens)
+{
+	size_t n = 0;
+	struct llm_request r;
+	char *out = meter_rewrite_request(S("{\"model\":\"a\",\"max_completion_tokens\":500}"),
+	                                  false, NULL, 40, &n);
+
+	CHECK(out != NULL);
+	if (!out)
+		return;
+	meter_parse_request(out, n, &r);
+	CHECK(r.max_tokens == 40 && !r.include_usage);
+	CHECK(strstr(out, "max_completion_tokens") != NULL);
+	free(out);
+	out = meter_rewrite_request(S("{\"model\":\"a\"}"), false, NULL, 7, &n);
+	CHECK(out && strstr(out, "\"max_tokens\":7"));
+	free(out);
 }
 
 int main(void)
@@ -121,5 +140,6 @@ int main(void)
 	RUN(usage_whole_body);
 	RUN(usage_absent_or_cut);
 	RUN(rewrite_adds_include_usage);
+	RUN(rewrite_clamps_max_tokens);
 	DONE();
 }
