@@ -14,7 +14,8 @@ What it proves:
     on; depends_on names existing services, has no cycle, and every
     `service_healthy` target has a healthcheck (in compose or its image's
     Dockerfile); every ${VAR} of docker/tollgate.yaml without a default is
-    given by the agent's environment;
+    given by the agent's environment; the agent's listeners are reachable
+    from other containers; docker/README.md's command and ports are these;
   - the HAProxy hand-over: the haproxy service loads haproxy.cfg from a
     volume the agent mounts at the same path (read-only for haproxy), and
     the agent's entrypoint renders into that path;
@@ -30,9 +31,11 @@ What it proves:
     environment; docker/entrypoint.sh renders HAProxy's files
     (`tollgate haproxy-config`) and `haproxy -c` accepts them once the
     compose service names (`agent`, `redis`, ...) are replaced by 127.0.0.1
-    -- they resolve only inside the compose network; the rendered files are
-    world-readable (the haproxy container runs as another user) and name the
-    agent by its service name, never a wildcard or loopback address;
+    -- they resolve only inside the compose network -- with the mock
+    provider and with PROVIDER_TYPE=qwen; the rendered files are
+    world-readable (the haproxy container runs as another user), name each
+    other inside the rendered directory, and every `server` is a compose
+    service on a port it listens on, never a wildcard or loopback address;
   - Prometheus scrapes the agent's service name and HTTP port at /metrics;
     Grafana's datasource is the prometheus service and its dashboard
     provider reads the directory compose mounts;
@@ -174,7 +177,8 @@ def _scalar(text, where):
     return t
 
 
-_KEY = re.compile(r"""^("(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|[^\s'"\[\]{},#&*!|>%@`-][^:]*?|-[^\s:][^:]*?)"""
+_KEY = re.compile(r"""^("(?:[^"\\]|\\.)*"|'(?:[^']|'')*'"""
+                  r"""|[^\s'"\[\]{},#&*!|>%@`-][^:]*?|-[^\s:][^:]*?)"""
                   r"""\s*:(?:\s+(.*))?$""")
 
 
@@ -488,13 +492,26 @@ def clean_env(extra=None):
     return e
 
 
-def dpkg_owner(path):
-    r = run(["dpkg", "-S", path])
-    if r.returncode != 0:
-        r = run(["dpkg", "-S", os.path.realpath(path)])
-    assert r.returncode == 0, "dpkg -S %s: %s" % (path, r.stderr.strip())
-    line = r.stdout.strip().splitlines()[0]
-    return line.split(":")[0].strip()
+def dpkg_owners(paths):
+    """{path: Debian package owning it} in one dpkg -S call (paths given as
+    found, so symlinked /lib vs /usr/lib spellings are tried both ways)."""
+    paths = sorted(set(paths))
+    variants = {}
+    for p in paths:
+        variants[p] = p
+        if p.startswith("/usr/lib/"):
+            variants[p[4:]] = p
+        elif p.startswith("/lib"):
+            variants["/usr" + p] = p
+    r = run(["dpkg", "-S"] + sorted(variants))
+    out = {}
+    for line in r.stdout.splitlines():
+        pkgs, _, path = line.partition(": ")
+        if path.strip() in variants:
+            out.setdefault(variants[path.strip()], pkgs.split(",")[0].split(":")[0].strip())
+    missing = [p for p in paths if p not in out]
+    assert not missing, "dpkg -S finds no package for %s" % missing
+    return out
 
 
 def is_debian12():
@@ -728,11 +745,13 @@ def compose_files_and_volumes_exist():
     for name, svc in c["services"].items():
         b = svc.get("build")
         if b:
-            ctx = os.path.normpath(os.path.join(DOCKER, b.get("context", ".") if isinstance(b, dict) else b))
+            ctx = b.get("context", ".") if isinstance(b, dict) else b
+            ctx = os.path.normpath(os.path.join(DOCKER, ctx))
             assert os.path.isdir(ctx), "%s: build context %s missing" % (name, ctx)
             df = os.path.join(ctx, b.get("dockerfile", "Dockerfile"))
             assert os.path.isfile(df), "%s: dockerfile %s missing" % (name, df)
-            assert os.path.samefile(df, DOCKERFILE), "%s builds %s, not docker/Dockerfile" % (name, df)
+            assert os.path.samefile(df, DOCKERFILE), \
+                "%s builds %s, not docker/Dockerfile" % (name, df)
         for spec in svc.get("volumes") or []:
             src, target, mode = parse_volume(spec)
             assert target.startswith("/"), "%s: volume target %r not absolute" % (name, target)
@@ -779,6 +798,18 @@ def compose_ports_unique_and_the_seeds():
 
 
 @case
+def readme_command_and_ports_match_compose():
+    with open(os.path.join(DOCKER, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert "docker compose -f docker/docker-compose.yml up --build" in text
+    published = {parse_port(p)[1] for svc in compose()["services"].values()
+                 for p in svc.get("ports") or []}
+    used = {int(p) for p in re.findall(r"localhost:(\d+)", text)}
+    assert used and used <= published, "README uses ports %s, compose publishes %s" % (
+        sorted(used), sorted(published))
+
+
+@case
 def compose_depends_on_targets_exist_without_cycles():
     svcs = compose()["services"]
     graph = {}
@@ -788,8 +819,9 @@ def compose_depends_on_targets_exist_without_cycles():
         graph[name] = deps
         for d in deps:
             assert d in svcs, "%s depends on unknown service %r" % (name, d)
-            cond = (dep[d] or {}).get("condition", "service_started") if isinstance(dep, dict) else \
-                "service_started"
+            cond = "service_started"
+            if isinstance(dep, dict):
+                cond = (dep[d] or {}).get("condition", cond)
             assert cond in ("service_started", "service_healthy",
                             "service_completed_successfully"), "%s -> %s: condition %r" % (
                                 name, d, cond)
@@ -879,7 +911,8 @@ def dockerfile_stages_copies_and_ignore_file():
                 continue
             flags, srcs, dest = copy_args(args)
             if "from" in flags:
-                assert flags["from"] in names[:s[0]], "COPY --from=%s: no earlier stage" % flags["from"]
+                assert flags["from"] in names[:s[0]], \
+                    "COPY --from=%s: no earlier stage" % flags["from"]
                 continue
             for src in srcs:
                 rel = os.path.normpath(src)
@@ -939,32 +972,33 @@ def dockerfile_packages_cover_the_makefile_ldlibs():
     libs = re.findall(r"-l([A-Za-z0-9_+.-]+)", m.group(1))
     assert "ev" in libs and "yaml" in libs, libs
     cc = os.environ.get("CC", "cc")
+    sos = {}
     for lib in libs:
-        found = [os.path.normpath(run([cc, "-print-file-name=lib%s.%s" % (lib, ext)]).stdout.strip())
-                 for ext in ("so", "a")]
+        found = [os.path.normpath(run([cc, "-print-file-name=lib%s.%s" % (lib, ext)])
+                                  .stdout.strip()) for ext in ("so", "a")]
         found = [f for f in found if os.path.isabs(f) and os.path.exists(f)]
         assert found, "lib%s.so not found here (install its -dev package)" % lib
-        so = found[0]
-        dev = dpkg_owner(so)
+        sos[lib] = found[0]
+    owners = dpkg_owners(list(sos.values()) + [os.path.realpath(x) for x in sos.values()])
+    for lib, so in sos.items():
+        dev = owners[so]
         if dev == "libc6-dev":
             continue                    # -lm -lpthread: build-essential / the base image
         assert so.endswith(".so"), "-l%s links statically (%s)" % (lib, so)
         assert dev in build_pkgs, "-l%s needs %s in the build stage (has %s)" % (
             lib, dev, sorted(build_pkgs))
-        runtime = dpkg_owner(os.path.realpath(so))
+        runtime = owners[os.path.realpath(so)]
         assert runtime in rt_pkgs, "-l%s needs %s in the runtime stage (has %s)" % (
             lib, runtime, sorted(rt_pkgs))
     # and what the built binary really loads
     r = run(["ldd", binary()])
     assert r.returncode == 0, r.stderr
+    loaded = re.findall(r"=>\s*(/\S+)", r.stdout)
+    assert loaded, r.stdout
     base = {"libc6", "libgcc-s1", "libstdc++6"}
-    for line in r.stdout.splitlines():
-        mm = re.search(r"=>\s*(/\S+)", line)
-        if not mm:
-            continue
-        pkg = dpkg_owner(mm.group(1))
+    for path, pkg in dpkg_owners(loaded).items():
         assert pkg in rt_pkgs or pkg in base, "%s (%s) is not installed by the runtime stage" % (
-            mm.group(1), pkg)
+            path, pkg)
 
 
 @case
@@ -976,10 +1010,12 @@ def dockerfile_packages_exist_in_debian12():
     if not is_debian12():
         print("note: not Debian 12; apt-cache cannot vouch for bookworm names, skipped")
         return
-    for p in sorted(set(pkgs)):
-        r = run(["apt-cache", "show", "--no-all-versions", p])
-        assert r.returncode == 0 and ("Package: %s" % p) in r.stdout, \
-            "apt-cache show %s: %s" % (p, (r.stderr or r.stdout).strip()[:200])
+    pkgs = sorted(set(pkgs))
+    r = run(["apt-cache", "show", "--no-all-versions"] + pkgs)
+    found = set(re.findall(r"(?m)^Package: (\S+)$", r.stdout))
+    missing = [p for p in pkgs if p not in found]
+    assert not missing, "not in Debian 12 (apt-cache show): %s %s" % (
+        missing, r.stderr.strip()[:300])
 
 
 @case
@@ -1130,9 +1166,10 @@ def dashboard_promql_uses_only_agent_metrics():
     joined = "\n".join(e for _, e in exprs)
     need = [
         (r'tollgate_tokens_total\{[^}]*direction="input"', "input tokens/s"),
-        (r'tollgate_tokens_total\{[^}]*direction="output"|by \(direction\)[^\n]*tollgate_tokens_total',
-         "output tokens/s"),
-        (r"by \((provider, model|model, provider)\)[^\n]*tollgate_tokens_total", "by provider/model"),
+        (r'tollgate_tokens_total\{[^}]*direction="output"'
+         r"|by \(direction\)[^\n]*tollgate_tokens_total", "output tokens/s"),
+        (r"by \((provider, model|model, provider)\)[^\n]*tollgate_tokens_total",
+         "by provider/model"),
         (r"by \(consumer[^)]*\)[^\n]*tollgate_tokens_total", "tokens by consumer"),
         (r"by \(decision, status\)[^\n]*tollgate_requests_total", "rejections by decision/status"),
         (r"histogram_quantile\(0\.99,[^\n]*tollgate_admission_seconds_bucket", "admission p99"),
