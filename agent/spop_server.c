@@ -499,16 +499,15 @@ static void handle_notify(struct conn *c, const struct spop_frame *f)
 	struct spop_server *srv = c->srv;
 	struct spop_cursor cur = f->payload;
 	struct spop_msg m;
-	struct spop_kv kv;
 	struct spop_tx *tx;
 	int rc;
 
 	if (!(f->flags & SPOP_FLAG_FIN))
 		return conn_disconnect(c, SPOP_ST_FRAG_NOT_SUPP, "fragmentation not supported");
-	/* Validate the whole payload before any handler acts on it. */
+	/* Validate the whole payload before any handler acts on it
+	 * (spop_next_msg checks every argument of the message it returns). */
 	while ((rc = spop_next_msg(&cur, &m)) == SPOP_OK)
-		while ((rc = spop_next_arg(&m, &kv)) == SPOP_OK)
-			;
+		;
 	if (rc != SPOP_END)
 		return conn_disconnect(c, SPOP_ST_INVALID, "malformed NOTIFY");
 	srv->stats.notify++;
