@@ -37,6 +37,14 @@ int  config_load_string(const char *text, size_t len, const char *name,
                         struct tg_config **out, char *err, size_t errlen);
 void config_free(struct tg_config *cfg);
 
+/* The largest body HAProxy hands over whole (request to the agent, answer
+ * to the `response` message): the buffer minus the rewrite reserve and
+ * room for headers. Larger requests get 413. */
+static inline unsigned long config_max_body(const struct tg_config *cfg)
+{
+	return (unsigned long)cfg->haproxy.bufsize - 1024 - 8192;
+}
+
 /* Lookups by name; NULL when absent. */
 const struct tg_consumer *config_consumer(const struct tg_config *cfg, const char *name);
 const struct tg_provider *config_provider(const struct tg_config *cfg, const char *name);

@@ -35,6 +35,7 @@ struct pending {
 	char *body_new;
 	size_t body_new_len;
 	bool rewrite_usage;         /* ask for stream_options.include_usage */
+	bool chat_path;             /* /v1/chat/completions or /v1/completions */
 	bool hide_usage;
 	char rid[64];
 	char ctx[512];
@@ -104,14 +105,34 @@ static void make_ctx(struct pending *p)
 	         (long long)p->plan.est_in, (long long)p->plan.est_out, p->lr.stream ? 1 : 0);
 }
 
+/* Does the answer need the Lua filter (the prov_*_obs backend)? Streams,
+ * rewritten request bodies, and answers that may not fit the buffer (then
+ * SPOP would see only their head): embeddings and the Responses API, or no
+ * token cap, or one whose text (up to 6 bytes a token, escaped) may not fit.
+ * Everything else is settled from the `response` message alone. */
+static bool needs_observer(const struct pending *p)
+{
+	const struct tg_config *cfg = p->rt->cfg;
+
+	if (!p->rid[0])
+		return false;
+	if (p->lr.stream || p->body_new || !p->chat_path || p->lr.max_tokens < 0)
+		return true;
+	return (unsigned long)p->lr.max_tokens * 6 + 4096 >= config_max_body(cfg);
+}
+
 static void set_allow(struct pending *p, const struct admit_verdict *v)
 {
 	struct spop_tx *tx = p->tx;
+	char backend[sizeof(p->up.backend) + 4];
+	int n;
 
 	tx_set_str(tx, "decision", "allow", 5);
 	if (p->consumer)
 		tx_set_str(tx, "consumer", p->consumer->name, strlen(p->consumer->name));
-	tx_set_str(tx, "backend", p->up.backend, strlen(p->up.backend));
+	n = snprintf(backend, sizeof(backend), "%s%s", p->up.backend,
+	             needs_observer(p) ? "_obs" : "");
+	tx_set_str(tx, "backend", backend, (size_t)n);
 	if (p->up.pkey) {
 		tx_set_str(tx, "pkey", p->up.pkey, strlen(p->up.pkey));
 		tx_set_str(tx, "pkey_hdr", p->up.pkey_hdr, strlen(p->up.pkey_hdr));
@@ -279,6 +300,8 @@ static void admit_start(struct pending *p, const struct req_view *r)
 	bool responses_api = r->path.len >= 13 && memcmp(r->path.ptr, "/v1/responses", 13) == 0;
 
 	p->rewrite_usage = p->lr.stream && !p->lr.include_usage && !responses_api;
+	p->chat_path = (r->path.len >= 20 && memcmp(r->path.ptr, "/v1/chat/completions", 20) == 0) ||
+	               (r->path.len >= 15 && memcmp(r->path.ptr, "/v1/completions", 15) == 0);
 	route_upstream(p->route, r, p->lr.model, p->rt->turns[pi]++, &p->up);
 	if (p->lr.json && (p->rewrite_usage || p->up.model[0] || (rl && rl->clamp_max_tokens))) {
 		p->body_orig = malloc(r->body.len + 1);

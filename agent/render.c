@@ -32,6 +32,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "render.h"
 
 /* ------------------------------------------------------------ the Lua file */
@@ -413,7 +414,7 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 		fprintf(f, "    # agent.settle is disabled: no settlement records\n    no log\n");
 	fprintf(f,
 	        "    filter spoe engine tollgate config %s\n"
-	        "    filter lua.tollgate\n"
+	        "    # (the Lua filter is on the prov_*_obs backends only)\n"
 	        "\n"
 	        "    # 1. bodies larger than the buffer would reach the agent cut: 413\n"
 	        "    http-request return status 413 content-type application/json string ",
@@ -499,7 +500,7 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 }
 
 static int render_backends(FILE *f, const struct tg_config *cfg, const char *agent_addr,
-                           char *err, size_t errlen)
+                           unsigned long max_body, char *err, size_t errlen)
 {
 	const struct tg_haproxy_cfg *h = &cfg->haproxy;
 	bool need_dns = false;
@@ -521,14 +522,22 @@ static int render_backends(FILE *f, const struct tg_config *cfg, const char *age
 		        "    accepted_payload_size 8192\n"
 		        "\n");
 
-	for (size_t i = 0; i < cfg->n_providers; i++) {
+	/* Two backends per provider: prov_NAME for answers the agent gets whole
+	 * over SPOP, prov_NAME_obs with the Lua filter for streams, rewritten
+	 * bodies and answers that may outgrow the buffer. A Lua filter costs
+	 * every stream it is attached to; the agent picks (doc/gateway.md). */
+	for (size_t i = 0; i < cfg->n_providers; i++)
+	for (int obs = 0; obs < 2; obs++) {
 		const struct tg_provider *p = &cfg->providers[i];
 
-		fprintf(f, "# provider %s (%s)%s%s\n", p->name,
+		fprintf(f, "# provider %s (%s)%s%s%s\n", p->name,
 		        p->type == TG_PROV_MOCK ? "mock" : p->scheme,
 		        p->type == TG_PROV_MOCK ? ": the agent's /mock responder" : ": ",
-		        p->type == TG_PROV_MOCK ? "" : p->base_url);
-		fprintf(f, "backend prov_%s\n", p->name);
+		        p->type == TG_PROV_MOCK ? "" : p->base_url,
+		        obs ? ", observed by the Lua filter" : "");
+		fprintf(f, "backend prov_%s%s\n", p->name, obs ? "_obs" : "");
+		if (obs)
+			fprintf(f, "    filter lua.tollgate %lu\n", max_body);
 		if (p->timeout > 0)
 			fprintf(f, "    timeout server %lums\n", ms(p->timeout));
 		if (p->type == TG_PROV_MOCK) {
@@ -729,7 +738,7 @@ int render_haproxy(const struct tg_config *cfg, const char *outdir, char *err, s
 	}
 
 	/* bodies: the request (headers included) must fit in bufsize - maxrewrite */
-	max_body = cfg->haproxy.bufsize - 1024 - 8192;
+	max_body = config_max_body(cfg);
 
 	for (size_t i = 0; i < sizeof(base_statuses) / sizeof(*base_statuses); i++)
 		status_add(&st, base_statuses[i], base_statuses[i] == 429);
@@ -766,7 +775,7 @@ int render_haproxy(const struct tg_config *cfg, const char *outdir, char *err, s
 	if (settle)
 		render_ring(f, settle_addr);
 	render_frontend(f, cfg, spoe_path, &st, max_body, settle);
-	if (render_backends(f, cfg, agent_addr, err, errlen) != 0) {
+	if (render_backends(f, cfg, agent_addr, max_body, err, errlen) != 0) {
 		fclose(f);
 		goto out;
 	}

@@ -308,6 +308,11 @@ local function headers_impl(self, txn, msg)
 		            and res_header(txn, "content-length") == nil
 		txn:set_var("txn.tg.seen_chars", 0)
 	elseif ctype:find("json", 1, true) then
+		-- a body the SPOP response message carries whole is settled there:
+		-- observing it too would only cost time (the renderer passes the
+		-- size below which that holds)
+		local cl = tonumber(res_header(txn, "content-length") or "")
+		if cl and self.whole_below and cl < self.whole_below then return end
 		self.mode = "json"
 		self.tail = ""
 	else
@@ -362,5 +367,6 @@ function Tollgate:http_end(txn, msg)
 end
 
 core.register_filter("tollgate", Tollgate, function(f, args)
+	f.whole_below = tonumber(args and args[1] or "")
 	return f
 end)
