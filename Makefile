@@ -62,7 +62,7 @@ fuzz:
 bench: all
 	BUILD=$(BUILD) tests/bench/run.sh
 	BUILD=$(BUILD) tests/bench/gateway.sh
-	@if [ -x tests/bench/governance.sh ]; then BUILD=$(BUILD) tests/bench/governance.sh; fi
+	BUILD=$(BUILD) tests/bench/governance.sh
 
 demo: all
 	BUILD=$(BUILD) examples/demo.sh

@@ -224,6 +224,16 @@ void admit_plan(const struct tg_route *route, const struct tg_consumer *consumer
 		           "tollgate:{%s}:meter", tag);
 }
 
+/* Seconds until the budget frees, as headers say it: rounded up, and never
+ * more than the window (the stores keep usage up to one sub-window past it,
+ * a rounding no client should wait for: a minute limit answers 1..60). */
+static int64_t reset_seconds(int64_t reset_ms, int64_t window_ms)
+{
+	int64_t s = (reset_ms + 999) / 1000, w = window_ms / 1000;
+
+	return w > 0 && s > w ? w : s;
+}
+
 void admit_verdict(const struct tg_route *route, const struct admit_plan *plan,
                    const struct store_admit_res *res, struct admit_verdict *v)
 {
@@ -240,7 +250,7 @@ void admit_verdict(const struct tg_route *route, const struct admit_plan *plan,
 		v->has_rl = true;
 		v->rl_limit = plan->req.b[i].limit;
 		v->rl_remaining = st->remaining > 0 ? st->remaining : 0;
-		v->rl_reset = (st->reset_ms + 999) / 1000;
+		v->rl_reset = reset_seconds(st->reset_ms, plan->req.b[i].window_ms);
 	}
 	if (res->admitted)
 		return;
@@ -253,7 +263,9 @@ void admit_verdict(const struct tg_route *route, const struct admit_plan *plan,
 	v->status = route->ratelimit ? route->ratelimit->rejected_code : 429;
 	v->message = route->ratelimit ? route->ratelimit->rejected_msg : "Too many requests";
 	v->type = "rate_limit_exceeded";
-	v->retry_after = res->refused >= 0 ? (res->st[res->refused].reset_ms + 999) / 1000 : 1;
+	v->retry_after = res->refused >= 0
+	                 ? reset_seconds(res->st[res->refused].reset_ms,
+	                                 plan->req.b[res->refused].window_ms) : 1;
 	if (v->retry_after < 1)
 		v->retry_after = 1;
 }

@@ -42,6 +42,7 @@ struct agent {
 	struct http_server *http;
 	struct mock_provider *mock;
 	struct metrics *metrics;
+	int fallback_family;        /* tollgate_store_fallback_decisions_total */
 	struct store *store;        /* budgets: Redis or the embedded store */
 	struct store *mem;          /* the embedded store: counters (and budgets without Redis) */
 	struct store *local;        /* Redis's stand-in while it is sick (failure_mode local) */

@@ -43,10 +43,18 @@ static void collect_spop(struct metrics *m, void *arg)
 
 	if (a->spop)
 		metrics_spop_stats(m, spop_server_stats(a->spop));
-	if (a->store && a->store != a->mem) {       /* Redis */
+	if (a->store && a->store != a->mem && a->fallback_family >= 0) {   /* Redis */
+		static const char *const local[] = { "local", NULL }, *const open[] = { "open", NULL },
+		                         *const closed[] = { "closed", NULL };
+
 		store_redis_stats(a->store, &rs);
 		tgm_store_breaker(m, rs.breaker != STORE_REDIS_CLOSED);
-		metrics_set(m, TGM_STORE_ERRORS, NULL, (double)(rs.errors + rs.timeouts));
+		metrics_set(m, TGM_STORE_ERRORS, NULL,
+		            (double)(rs.errors + rs.timeouts + rs.rejected));
+		/* every decision taken without Redis, by failure mode */
+		metrics_set(m, a->fallback_family, local, (double)rs.fallback_local);
+		metrics_set(m, a->fallback_family, open, (double)rs.fallback_open);
+		metrics_set(m, a->fallback_family, closed, (double)rs.fallback_closed);
 	}
 }
 
@@ -54,8 +62,15 @@ int tel_init(struct agent *a)
 {
 	if (!a->metrics)
 		return -1;
+	static const char *const mode[] = { "mode", NULL };
+
 	if (a->mem)
 		store_mem_counter_each(a->mem, restore_counter, a->metrics);
+	a->fallback_family = metrics_family(a->metrics, "tollgate_store_fallback_decisions_total",
+	                                    METRIC_COUNTER,
+	                                    "Admissions decided without Redis, by failure_mode "
+	                                    "(local: this agent's share; open: unchecked; "
+	                                    "closed: refused).", mode, NULL, 0);
 	metrics_on_collect(a->metrics, collect_spop, a);
 	return 0;
 }
