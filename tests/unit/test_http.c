@@ -29,6 +29,9 @@
 #include "mock_provider.h"
 
 #define TIMEOUT_S 1.0      /* the child's idle, request and send timeouts */
+#ifndef FUZZ_ITERS
+#define FUZZ_ITERS 400     /* mutated requests (-DFUZZ_ITERS=N for a longer run) */
+#endif
 
 static int port;
 static pid_t child;
@@ -248,12 +251,15 @@ static int server_main(int wfd)
 		return 1;
 	close(wfd);
 	ev_run(t.loop, 0);
-	http_server_free(t.srv);               /* cancels what is pending */
+	/* main.c's order: the mock ends its streams, then the server detaches
+	 * what is still pending (our async jobs: their replies are dropped) */
+	mock_provider_free(t.mp);
+	http_server_free(t.srv);
 	while (t.jobs) {
-		http_reply(t.jobs->req, 200, NULL, NULL, 0);   /* dropped: detached */
+		if (http_reply(t.jobs->req, 200, NULL, NULL, 0) == 0)
+			return 3;                      /* should have been detached */
 		ajob_free(t.jobs);
 	}
-	mock_provider_free(t.mp);
 	metrics_free(t.m);
 	ev_timer_stop(t.loop, &t.quit);
 	ev_loop_destroy(t.loop);
@@ -701,7 +707,7 @@ CASE(headers_lookup)
 	                "X-Thing: \t  some value \t\r\n\r\n", &r) == 0);
 	CHECK(r.status == 200 && strcmp(r.body, "some value") == 0);
 	CHECK(roundtrip("GET /test/header?name=absent HTTP/1.1\r\nHost: t\r\n\r\n", &r) == 0);
-	CHECK(r.status == 204);
+	CHECK(r.status == 204 && strstr(r.head, "Content-Length") == NULL);
 	resp_free(&r);
 }
 
@@ -937,6 +943,53 @@ CASE(form_decoding)
 	CHECK(http_form_get(q, strlen(q), "none", v, sizeof(v)) == -1);
 	CHECK(http_form_get("x=%4", 4, "x", v, sizeof(v)) == -2);
 	CHECK(strcmp(http_status_text(429), "Too Many Requests") == 0);
+}
+
+/* Mutated requests (bytes flipped, CR/LF/NUL/space inserted, cut short),
+ * each followed by a half-close: whatever the server answers, it survives. */
+CASE(mutated_requests_survive)
+{
+	static const char *const seeds[] = {
+		"GET /test/hello?a=b HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n",
+		"POST /test/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+		"POST /mock/v1/chat/completions HTTP/1.1\r\nHost: t\r\n" AUTH
+		"Content-Length: 86\r\n\r\n{\"model\":\"m\",\"stream\":true,\"max_tokens\":2,"
+		"\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+		"POST /mock/v1/responses HTTP/1.1\r\nHost: t\r\n" AUTH
+		"Content-Length: 50\r\n\r\n{\"model\":\"m\",\"input\":[{\"content\":[{\"text\":\"x\"}]}]}",
+	};
+	static const char inject[] = "\r\n\0 :%?/\x7f\xff";
+	unsigned seed = 12345;
+	struct resp r = { 0 };
+	char buf[1024];
+
+	for (int i = 0; i < FUZZ_ITERS; i++) {
+		const char *s = seeds[i % 4];
+		size_t n = strlen(s);
+		struct cli c;
+
+		memcpy(buf, s, n);
+		for (int k = 0; k < 1 + i % 3; k++) {
+			size_t at;
+
+			seed = seed * 1103515245u + 12345u;
+			at = (seed >> 8) % n;
+			switch ((seed >> 4) % 4) {
+			case 0: buf[at] = (char)(seed >> 16); break;
+			case 1: buf[at] = inject[(seed >> 16) % (sizeof(inject) - 1)]; break;
+			case 2: n = at + 1; break;
+			default: buf[at] ^= 0x20; break;
+			}
+		}
+		cli_open(&c);
+		cli_send(&c, buf, n);
+		shutdown(c.fd, SHUT_WR);
+		sees_eof(&c);
+		cli_close(&c);
+	}
+	CHECK(roundtrip("GET /test/hello HTTP/1.1\r\nHost: t\r\n\r\n", &r) == 0);
+	CHECK(r.status == 200);
+	resp_free(&r);
 }
 
 /* ---- /metrics and the dashboard ------------------------------------- */
@@ -1382,15 +1435,35 @@ CASE(mock_azure_shape)
 
 CASE(server_exits_cleanly)
 {
+	static const char body[] = "{\"model\":\"m\",\"stream\":true,\"messages\":[]}";
 	struct resp r = { 0 };
+	struct cli busy1, busy2;
+	char req[512], line[4096];
 	int status = -1;
 
 	CHECK(stat_of("conns") <= 2);          /* closed connections were all freed */
+	/* quit while a paced mock stream and an async answer are in flight */
+	snprintf(req, sizeof(req), "POST /mock/v1/chat/completions HTTP/1.1\r\nHost: t\r\n" AUTH
+	         "x-mock-delay-ms: 200\r\nContent-Length: %zu\r\n\r\n%s", sizeof(body) - 1, body);
+	cli_open(&busy1);
+	CHECK(cli_sends(&busy1, req) == 0);
+	CHECK(read_line(&busy1, line, sizeof(line)) == 0 && strncmp(line, "HTTP/1.1 200", 12) == 0);
+	cli_open(&busy2);
+	CHECK(cli_sends(&busy2, "GET /test/async?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+	msleep(50);
+	CHECK(stat_of("mock_active") == 1);
 	CHECK(roundtrip("POST /test/quit HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", &r) == 0);
 	CHECK(r.status == 200);
 	CHECK(waitpid(child, &status, 0) == child);
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	child = 0;
+	/* the stream was ended properly (terminating chunk), then closed */
+	while (read_line(&busy1, line, sizeof(line)) == 0 && strcmp(line, "0") != 0)
+		;
+	CHECK(strcmp(line, "0") == 0);
+	CHECK(sees_eof(&busy2));
+	cli_close(&busy1);
+	cli_close(&busy2);
 	resp_free(&r);
 }
 
@@ -1433,6 +1506,7 @@ int main(void)
 	RUN(slow_reader);
 	RUN(many_connections);
 	RUN(form_decoding);
+	RUN(mutated_requests_survive);
 	RUN(metrics_endpoint);
 	RUN(mock_auth_required);
 	RUN(mock_chat_rule);
