@@ -82,6 +82,12 @@ def config(up_port):
             {"name": "private", "provider": "aliyun", "models": ["private-*"],
              "auth": {"enabled": True, "allow": ["outsider"]}},
             {"name": "open", "provider": "aliyun", "models": ["open-*"]},
+            {"name": "clamp", "provider": "aliyun", "models": ["clamp-*"],
+             "auth": {"enabled": True, "allow": ["aliyun-user2"]},
+             "plugins": {"ai-token-ratelimit": {
+                 "rule_name": "clamp_rule", "clamp_max_tokens": True,
+                 "rule_items": [{"limit_by_per_header": "x-api-key",
+                                 "limit_keys": [{"key": "*", "token_per_minute": 300}]}]}}},
         ],
     }
 
@@ -347,6 +353,29 @@ def model_mapping_rewrites_body(c):
     assert r["body_len"] == len(r["body"].encode()), r
     if "content-length" in r["headers"]:
         assert int(r["headers"]["content-length"]) == r["body_len"], r["headers"]
+
+
+@case
+def clamp_max_tokens_lowers_the_cap(c):
+    """clamp_max_tokens: a request asking for more output than the tightest
+    limit still allows reaches the provider with max_tokens lowered to that
+    budget (300 a minute minus the prompt estimate and what was used); one
+    within budget is forwarded untouched; one without a cap gets one."""
+    n = len(c.up.requests())
+    st, _, data = c.gw.post(CHAT, chat_body("clamp-1", max_tokens=5000), {"x-api-key": USER2})
+    assert st == 200, (st, data[:300])
+    first = json.loads(new_records(c, n)[0]["body"])["max_tokens"]
+    assert 250 <= first < 300, first
+    n = len(c.up.requests())
+    body = chat_body("clamp-1", max_tokens=3)
+    st, _, data = c.gw.post(CHAT, body, {"x-api-key": USER2})
+    assert st == 200, (st, data[:300])
+    assert json.loads(new_records(c, n)[0]["body"]) == body, "a request within budget was rewritten"
+    n = len(c.up.requests())
+    st, _, data = c.gw.post(CHAT, chat_body("clamp-1"), {"x-api-key": USER2})
+    assert st == 200, (st, data[:300])
+    third = json.loads(new_records(c, n)[0]["body"]).get("max_tokens")
+    assert third is not None and 1 <= third < first, (third, first)
 
 
 @case
