@@ -196,10 +196,23 @@ static unsigned long ms(double seconds)
 	return (unsigned long)v;
 }
 
+/* The host HAProxy reaches the agent on, from haproxy.agent_address
+ * ("agent:12345" in a compose stack); NULL when it is local (loopback). */
+static const char *agent_host(const struct tg_config *cfg, char *buf, size_t buflen)
+{
+	const char *a = cfg->haproxy.spoe_backend_addr, *colon;
+
+	if (!a || a[0] == '/' || !strncmp(a, "unix", 4) || !(colon = strrchr(a, ':')) ||
+	    colon == a || a[0] == '[' || !strncmp(a, "0.0.0.0:", 8) || !strncmp(a, "*:", 2))
+		return NULL;
+	snprintf(buf, buflen, "%.*s", (int)(colon - a), a);
+	return buf;
+}
+
 /* Where HAProxy connects to reach a listener written as addr: "unix:P",
  * "unix@P" and "/P" become "unix@P"; a wildcard or empty host becomes the
- * loopback address. */
-static int connect_addr(const char *addr, char *out, size_t outlen)
+ * agent's host (agent_host()), or the loopback address. */
+static int connect_addr_via(const char *addr, const char *host, char *out, size_t outlen)
 {
 	const char *colon;
 
@@ -223,7 +236,7 @@ static int connect_addr(const char *addr, char *out, size_t outlen)
 	if (!colon || !colon[1])
 		return -1;
 	if (colon == addr || !strncmp(addr, "0.0.0.0:", 8) || !strncmp(addr, "*:", 2))
-		snprintf(out, outlen, "127.0.0.1%s", colon);
+		snprintf(out, outlen, "%s%s", host ? host : "127.0.0.1", colon);
 	else if (!strncmp(addr, "[::]:", 5) || !strncmp(addr, ":::", 3))
 		snprintf(out, outlen, "::1%s", colon);
 	else if (addr[0] == '[') {                      /* [v6]:port -> v6:port */
@@ -235,6 +248,11 @@ static int connect_addr(const char *addr, char *out, size_t outlen)
 	} else
 		snprintf(out, outlen, "%s", addr);
 	return 0;
+}
+
+static int connect_addr(const char *addr, char *out, size_t outlen)
+{
+	return connect_addr_via(addr, NULL, out, outlen);
 }
 
 /* ------------------------------------------------------------- spoe.conf */
@@ -543,7 +561,11 @@ static int render_backends(FILE *f, const struct tg_config *cfg, const char *age
 		if (p->type == TG_PROV_MOCK) {
 			char addr[512];
 
-			if (!cfg->agent.http || connect_addr(cfg->agent.http, addr, sizeof(addr)) != 0 ||
+			char hostbuf[256];
+
+			if (!cfg->agent.http ||
+			    connect_addr_via(cfg->agent.http, agent_host(cfg, hostbuf, sizeof(hostbuf)),
+			                     addr, sizeof(addr)) != 0 ||
 			    !strncmp(addr, "unix@", 5)) {
 				fail(err, errlen, "providers[%zu] (%s): a mock provider needs agent.http "
 				     "(a TCP address)", i, p->name);
@@ -729,7 +751,10 @@ int render_haproxy(const struct tg_config *cfg, const char *outdir, char *err, s
 		return -1;
 	}
 	if (cfg->agent.settle) {
-		if (connect_addr(cfg->agent.settle, settle_addr, sizeof(settle_addr)) != 0 ||
+		char hostbuf[256];
+
+		if (connect_addr_via(cfg->agent.settle, agent_host(cfg, hostbuf, sizeof(hostbuf)),
+		                     settle_addr, sizeof(settle_addr)) != 0 ||
 		    !strncmp(settle_addr, "unix@", 5)) {
 			fail(err, errlen, "agent.settle: a TCP address is needed (\"%s\")", cfg->agent.settle);
 			return -1;
