@@ -195,6 +195,15 @@ static void plan_ratelimit(const struct tg_ai_token_ratelimit *rl, const char *t
 	}
 }
 
+/* A request under several plugins takes the strictest failure_mode:
+ * closed, then local, then open. -1 (none yet) loses to any. */
+static int stricter(int a, enum tg_failure_mode b)
+{
+	static const int rank[] = { [TG_FAIL_OPEN] = 0, [TG_FAIL_LOCAL] = 1, [TG_FAIL_CLOSED] = 2 };
+
+	return a < 0 || rank[b] > rank[a] ? (int)b : a;
+}
+
 void admit_plan(const struct tg_route *route, const struct tg_consumer *consumer,
                 const struct req_view *r, const struct llm_request *lr,
                 const char *rid, int64_t lease_ms, struct admit_plan *p)
@@ -203,6 +212,7 @@ void admit_plan(const struct tg_route *route, const struct tg_consumer *consumer
 	double wi, wo;
 
 	memset(p, 0, sizeof(*p));
+	p->req.failure_mode = -1;
 	snprintf(p->req.rid, sizeof(p->req.rid), "%s", rid);
 	p->req.lease_ms = lease_ms;
 	p->est_in = lr->prompt_tokens;
@@ -210,6 +220,7 @@ void admit_plan(const struct tg_route *route, const struct tg_consumer *consumer
 	if (route->ratelimit) {
 		plan_ratelimit(route->ratelimit, tag, consumer, r, lr->model, p);
 		p->req.strict = route->ratelimit->strict;
+		p->req.failure_mode = stricter(p->req.failure_mode, route->ratelimit->failure_mode);
 	}
 	if (route->quota && consumer) {
 		const struct tg_ai_quota *q = route->quota;
@@ -218,6 +229,7 @@ void admit_plan(const struct tg_route *route, const struct tg_consumer *consumer
 		add_bucket(p, BUCKET_QUOTA, "ai-quota", 0, 0, wi, wo, "%s%s",
 		           q->redis_key_prefix, consumer->name);
 		p->req.strict = p->req.strict || q->strict;
+		p->req.failure_mode = stricter(p->req.failure_mode, q->failure_mode);
 	}
 	if (p->req.n == 0)      /* metered all the same, and settled exactly once */
 		add_bucket(p, BUCKET_METER, "-", INT64_MAX / 4, 1000, 1., 1.,

@@ -243,7 +243,9 @@ static void admit_done(const struct store_admit_res *res, void *arg)
 		return;
 	}
 	if (res->err) {
-		enum tg_failure_mode fm = cfg->store.failure_mode;
+		enum tg_failure_mode fm = p->plan.req.failure_mode >= 0
+		                          ? (enum tg_failure_mode)p->plan.req.failure_mode
+		                          : cfg->store.failure_mode;
 
 		tel_store_error(p->a->metrics);
 		if (fm == TG_FAIL_CLOSED) {

@@ -39,6 +39,8 @@ struct store_admit_req {
 	char rid[64];
 	int64_t lease_ms;
 	bool strict;
+	int failure_mode;         /* enum tg_failure_mode when the store cannot decide;
+	                             -1: the store's own (store.failure_mode) */
 	unsigned n;
 	struct store_bucket b[STORE_MAX_BUCKETS];
 };

@@ -1036,10 +1036,12 @@ static void admit_fallback(struct rstore *s, const struct store_admit_req *req,
                            store_admit_cb cb, void *arg)
 {
 	struct store_admit_res res;
+	enum tg_failure_mode mode = req->failure_mode >= 0
+	                            ? (enum tg_failure_mode)req->failure_mode : s->mode;
 
-	if (s->mode == TG_FAIL_LOCAL && s->local) {
+	if (mode == TG_FAIL_LOCAL && s->local) {
 		admit_local(s, req, cb, arg);
-	} else if (s->mode == TG_FAIL_CLOSED) {
+	} else if (mode == TG_FAIL_CLOSED) {
 		memset(&res, 0, sizeof(res));
 		res.err = -1;
 		res.refused = -1;

@@ -234,6 +234,7 @@ static void req_init(struct store_admit_req *r, const char *rid, int64_t lease_m
 	snprintf(r->rid, sizeof(r->rid), "%s", rid);
 	r->lease_ms = lease_ms;
 	r->strict = strict;
+	r->failure_mode = -1;           /* the store's own */
 }
 
 static void req_rate(struct store_admit_req *r, const char *key, int64_t limit,
@@ -975,6 +976,17 @@ CASE(redis_killed)
 		CHECK(o.t - o.t0 <= deadline + margin);
 	}
 	CHECK(stats(st_open).fallback_open == 4 && stats(st_closed).fallback_closed == 4);
+	/* a plugin's failure_mode overrides the store's, per request */
+	req.failure_mode = TG_FAIL_CLOSED;
+	admit_start(st_open, &req, &o);
+	RUN_UNTIL(o.calls > 0, 1);
+	CHECK(o.calls == 1 && o.res.err == -1 && !o.res.admitted);
+	req.failure_mode = TG_FAIL_OPEN;
+	admit_start(st_closed, &req, &o);
+	RUN_UNTIL(o.calls > 0, 1);
+	CHECK(o.calls == 1 && o.res.err == 0 && o.res.admitted);
+	req.failure_mode = -1;
+	CHECK(stats(st_open).fallback_closed == 1 && stats(st_closed).fallback_open == 1);
 	/* quota admin never goes local */
 	CHECK(quota(st, QGET, "chat_quota:k", 0).err == -1);
 	/* settlements: the local one locally (its quota charge queued), the
