@@ -58,6 +58,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <msgpack.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -295,8 +296,22 @@ struct counter {
 	char name[];
 };
 
+/* fdatasync takes milliseconds: it runs on a thread of its own, never on
+ * the event loop. The loop only asks (want); the thread syncs the log's fd,
+ * which stays the same for the store's whole life (compaction truncates it
+ * in place). */
+struct syncer {
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool started, want, stop;
+	int fd;
+	const char *path;
+};
+
 struct mem {
 	struct store pub;                 /* what callers hold; pub.impl == this */
+	struct syncer sync;
 	char *log_path, *snap_path, *tmp_path, *dir;
 	int log_fd;
 	uint64_t gen, log_bytes;
@@ -901,15 +916,84 @@ static void fsync_dir(const char *dir)
 	}
 }
 
-static void log_sync(struct mem *m)
+static void *syncer_main(void *arg)
+{
+	struct syncer *y = arg;
+
+	pthread_mutex_lock(&y->mu);
+	for (;;) {
+		while (!y->want && !y->stop)
+			pthread_cond_wait(&y->cv, &y->mu);
+		if (!y->want)
+			break;
+		y->want = false;
+		pthread_mutex_unlock(&y->mu);
+		if (fdatasync(y->fd) < 0)
+			log_error("store: fdatasync %s: %s", y->path, strerror(errno));
+		pthread_mutex_lock(&y->mu);
+	}
+	pthread_mutex_unlock(&y->mu);
+	return NULL;
+}
+
+static int syncer_start(struct mem *m)
+{
+	struct syncer *y = &m->sync;
+
+	y->fd = m->log_fd;
+	y->path = m->log_path;
+	if (pthread_mutex_init(&y->mu, NULL) != 0)
+		return -1;
+	if (pthread_cond_init(&y->cv, NULL) != 0 ||
+	    pthread_create(&y->thread, NULL, syncer_main, y) != 0) {
+		pthread_mutex_destroy(&y->mu);
+		return -1;
+	}
+	y->started = true;
+	return 0;
+}
+
+/* Finish a sync in flight (and one asked for), then end the thread. */
+static void syncer_stop(struct mem *m)
+{
+	struct syncer *y = &m->sync;
+
+	if (!y->started)
+		return;
+	pthread_mutex_lock(&y->mu);
+	y->stop = true;
+	pthread_cond_signal(&y->cv);
+	pthread_mutex_unlock(&y->mu);
+	pthread_join(y->thread, NULL);
+	pthread_cond_destroy(&y->cv);
+	pthread_mutex_destroy(&y->mu);
+	y->started = false;
+}
+
+/* Ask for the log to reach the disk: on the syncer thread, or here when
+ * there is none (or the caller must know it is done: now). */
+static void log_sync_mode(struct mem *m, bool now)
 {
 	if (!m->dirty)
 		return;
+	m->synced_mono = mono_ms();
+	if (m->sync.started && !now) {
+		pthread_mutex_lock(&m->sync.mu);
+		m->sync.want = true;
+		pthread_cond_signal(&m->sync.cv);
+		pthread_mutex_unlock(&m->sync.mu);
+		m->dirty = false;
+		return;
+	}
 	if (fdatasync(m->log_fd) < 0)
 		log_error("store: fdatasync %s: %s", m->log_path, strerror(errno));
 	else
 		m->dirty = false;
-	m->synced_mono = mono_ms();
+}
+
+static void log_sync(struct mem *m)
+{
+	log_sync_mode(m, false);
 }
 
 /* Append the frame in m->sb to the log: one write(). On failure the log is
@@ -1935,6 +2019,7 @@ static void mem_destroy(struct mem *m)
 		}
 		free(tabs[t]->slot);
 	}
+	syncer_stop(m);
 	if (m->log_fd >= 0)
 		close(m->log_fd);
 	free(m->heap);
@@ -2010,6 +2095,8 @@ struct store *store_mem_open(const char *state_dir, char *err, size_t errlen)
 		goto fail;
 	fsync_dir(state_dir);
 	maybe_compact(m);
+	if (syncer_start(m) < 0)
+		log_warn("store: no sync thread: the log is synced on the event loop");
 	log_info("store: %s loaded (generation %llu, %zu buckets, %zu reservations, %zu settled ids)",
 	         state_dir, (unsigned long long)m->gen, m->buckets.count, m->res.count, m->done.count);
 	return &m->pub;
@@ -2029,7 +2116,7 @@ static void mem_free(void *impl)
 	if (m->broken || store_mem_compact(&m->pub, err, sizeof(err)) < 0) {
 		if (!m->broken)
 			log_error("store: %s", err);
-		log_sync(m);   /* the log alone still holds everything written */
+		log_sync_mode(m, true);   /* the log alone still holds everything written */
 	}
 	mem_destroy(m);
 }
@@ -2047,7 +2134,7 @@ static const struct store_ops mem_ops = {
 
 void store_mem_sync(struct store *s)
 {
-	log_sync(s->impl);
+	log_sync_mode(s->impl, true);
 }
 
 void store_mem_expire(struct store *s)

@@ -9,9 +9,11 @@
  * increment) is one write() to the append log BEFORE it takes effect in
  * memory, so a crash of the process loses nothing that was acknowledged. The
  * log is fdatasync'ed at most every 100 ms by the operations themselves, and
- * whenever store_mem_sync() or store_mem_expire() finds it dirty: with
- * store_mem_expire() on a 100 ms timer, a power loss loses at most the last
- * ~100 ms of operations. When the log grows past the compaction threshold,
+ * whenever store_mem_expire() finds it dirty, on a thread of the store's own
+ * (fdatasync takes milliseconds: never on the event loop); store_mem_sync()
+ * syncs at once, on the caller's thread. With store_mem_expire() on a 100 ms
+ * timer, a power loss loses at most the last ~100 ms of operations (plus
+ * one fdatasync in flight). When the log grows past the compaction threshold,
  * and on close, the whole state is written to a new snapshot (temporary file,
  * fsync, rename, fsync of the directory) and the log restarts empty.
  *
