@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
 import gateway as G  # noqa: E402
 import governance as V  # noqa: E402
-from tcase import case as _case, main  # noqa: E402
+from tcase import FAILED, case, main  # noqa: E402
 
 CHAT = V.CHAT
 MODES = ("local", "open", "closed")
@@ -90,18 +90,6 @@ class Ctx:
     pass
 
 
-FAILED = []
-
-
-def case(fn):
-    def run(ctx):
-        try:
-            fn(ctx)
-        except BaseException:
-            FAILED.append(fn.__name__)
-            raise
-    run.__name__ = fn.__name__
-    return _case(run)
 
 
 def note(msg):

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as H  # noqa: E402
 import gateway as G  # noqa: E402
-from tcase import case as _case, main  # noqa: E402
+from tcase import FAILED, case, main  # noqa: E402
 
 ADMIN, USER1, USER2, OUTSIDER = "admin-key-123", "user1-key-123", "user2-key-123", "outsider-key-9"
 CONSUMER_KEYS = (ADMIN, USER1, USER2, OUTSIDER)
@@ -96,19 +96,6 @@ class Ctx:
     pass
 
 
-FAILED = []
-
-
-def case(fn):
-    """tcase's @case, remembering a failure so that teardown dumps the logs."""
-    def run(ctx):
-        try:
-            fn(ctx)
-        except BaseException:
-            FAILED.append(fn.__name__)
-            raise
-    run.__name__ = fn.__name__
-    return _case(run)
 
 
 def setup():

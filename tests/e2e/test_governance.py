@@ -57,7 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
 import gateway as G  # noqa: E402
 import governance as V  # noqa: E402
-from tcase import case as _case, main  # noqa: E402
+from tcase import FAILED, case, main  # noqa: E402
 
 CHAT = V.CHAT
 ADMIN, USER1, USER2 = "admin-key-gov", "user1-key-gov", "user2-key-gov"
@@ -127,19 +127,7 @@ class Ctx:
     pass
 
 
-FAILED = []
 REPORT = []
-
-
-def case(fn):
-    def run(ctx):
-        try:
-            fn(ctx)
-        except BaseException:
-            FAILED.append(fn.__name__)
-            raise
-    run.__name__ = fn.__name__
-    return _case(run)
 
 
 def note(msg):

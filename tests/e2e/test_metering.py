@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as H  # noqa: E402
 import gateway as G  # noqa: E402
-from tcase import case as _case, main  # noqa: E402
+from tcase import FAILED, case, main  # noqa: E402
 
 KEY_A, KEY_B, KEY_ADMIN = "meter-a-key", "meter-b-key", "meter-admin-key"
 CHAT = "/v1/chat/completions"
@@ -84,18 +84,6 @@ class Ctx:
     pass
 
 
-FAILED = []
-
-
-def case(fn):
-    def run(ctx):
-        try:
-            fn(ctx)
-        except BaseException:
-            FAILED.append(fn.__name__)
-            raise
-    run.__name__ = fn.__name__
-    return _case(run)
 
 
 def setup():

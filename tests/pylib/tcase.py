@@ -3,12 +3,15 @@
 Decorate test functions with @case; call main() at the end of the module.
 Each case prints "PASS: name" or "FAIL: name" (with the traceback on stderr).
 A case is a plain function using assert. TESTS_FILTER=substring runs a subset.
+FAILED lists the names of the cases that failed so far (a teardown keeps
+its logs when it is not empty).
 """
 import os
 import sys
 import traceback
 
 _cases = []
+FAILED = []
 
 
 def case(fn):
@@ -29,6 +32,7 @@ def main(setup=None, teardown=None):
                 print("PASS: %s" % fn.__name__, flush=True)
             except Exception:
                 failed += 1
+                FAILED.append(fn.__name__)
                 traceback.print_exc()
                 print("FAIL: %s" % fn.__name__, flush=True)
     finally:
