@@ -52,6 +52,7 @@ struct agent {
 	uint64_t rid_seq;
 	ev_signal sigterm, sigint, sighup;
 	ev_timer tick;              /* lease sweeps, store sync */
+	ev_prepare flush;           /* the store's records, once per loop iteration */
 };
 
 struct runtime *runtime_new(struct tg_config *cfg);

@@ -85,7 +85,7 @@ struct spop_server {
 	int tcp_fd, unix_fd;
 	ev_io tcp_w, unix_w;
 	struct conn *conns;
-	struct conn *dirty;          /* connections with output queued outside a read */
+	struct conn *dirty;          /* connections with output queued */
 	ev_prepare flush_w;          /* flushes them before the loop blocks */
 	struct spop_tx *orphans;
 	struct spop_tx *freelist;
@@ -179,10 +179,10 @@ static void conn_flush(struct conn *c)
 	}
 }
 
-/* Append one whole frame to the output. It leaves at the end of the read
- * batch being processed, or before the loop next blocks (flush_cb): replies
- * made in one loop iteration share one write, and queueing never closes the
- * connection under the caller's feet. */
+/* Append one whole frame to the output. It leaves before the loop next
+ * blocks (flush_cb, after the embedded store's log write: see main.c):
+ * replies made in one loop iteration share one write, and queueing never
+ * closes the connection under the caller's feet. */
 static void conn_queue(struct conn *c, const uint8_t *p, size_t len)
 {
 	if (c->wlen + len > c->wcap) {
@@ -718,7 +718,7 @@ static void conn_process(struct conn *c)
 		conn_free(c);
 		return;
 	}
-	conn_flush(c);
+	dirty_add(c);   /* flush_cb, after the store has logged what was decided */
 }
 
 static void rio_cb(struct ev_loop *loop, ev_io *w, int revents)

@@ -76,6 +76,8 @@
 #define AMOUNT_MAX     ((int64_t)1 << 40)   /* per estimate or charge: sums never overflow */
 #define SYNC_EVERY_MS  100
 #define GC_EVERY_MS    1000
+#define FLUSH_BYTES    (256u << 10)         /* unwritten frames written at once past this */
+#define PENDING_MAX    (64u << 20)          /* unwritten past this after a failed write: give up */
 #define RECORD_MAX     (1u << 20)           /* payload bytes; a reservation is < 4 KiB */
 #define FRAME_HDR      8
 #define FORMAT_VERSION 1
@@ -96,7 +98,7 @@ enum rec_op {
 	OP_S_QUOTA = 10,   /* snapshot: [10, key, balance] */
 	OP_S_RATE = 11,    /* snapshot: [11, key, window, [sub-window, amount, ...]] */
 	OP_S_RES = 12,     /* snapshot: [12, rid, lapsed, lease_until, parts as OP_RESERVE] */
-	OP_S_DONE = 13,    /* snapshot: [13, rid, settled_at] */
+	OP_S_DONE = 13,    /* snapshot: [13, rid, settled_at]; read, no longer written */
 	OP_S_COUNTER = 14, /* snapshot: [14, name, value] */
 	OP_S_END = 15,     /* snapshot: [15, frames before this one] */
 };
@@ -991,26 +993,47 @@ static void log_sync_mode(struct mem *m, bool now)
 		m->dirty = false;
 }
 
+static int log_flush(struct mem *m);
+
 static void log_sync(struct mem *m)
 {
 	log_sync_mode(m, false);
 }
 
-/* Append the frame in m->sb to the log: one write(). On failure the log is
- * cut back to where it was (a torn record must never precede a good one). */
+/* The frame just encoded in m->sb joins the unwritten ones; they reach the
+ * file together, in store_mem_flush() (once per event-loop iteration) or
+ * here when they pile up. A frame that could not be encoded is dropped. */
 static int log_append(struct mem *m)
 {
-	if (m->broken || frame_end(m) < 0)
+	if (m->broken || frame_end(m) < 0) {
+		m->sb.size = m->frame_off;
 		return -1;
+	}
+	if (m->sb.size >= FLUSH_BYTES)
+		log_flush(m);
+	return 0;
+}
+
+/* Write the unwritten frames: one write(). On failure the file is cut back
+ * to where it was (a torn record must never precede a good one) and the
+ * frames are kept for the next try; the store gives up (broken) when the
+ * cut fails or when too much waits. */
+static int log_flush(struct mem *m)
+{
+	if (m->broken)
+		return -1;
+	if (!m->sb.size)
+		return 0;
 	if (write_all(m->log_fd, m->sb.data, m->sb.size) < 0) {
 		log_error("store: write %s: %s", m->log_path, strerror(errno));
-		if (ftruncate(m->log_fd, (off_t)m->log_bytes) < 0) {
-			log_error("store: cannot cut %s back, store disabled", m->log_path);
+		if (ftruncate(m->log_fd, (off_t)m->log_bytes) < 0 || m->sb.size >= PENDING_MAX) {
+			log_error("store: %s cannot take what is owed, store disabled", m->log_path);
 			m->broken = true;
 		}
 		return -1;
 	}
 	m->log_bytes += m->sb.size;
+	msgpack_sbuffer_clear(&m->sb);
 	m->dirty = true;
 	if (mono_ms() - m->synced_mono >= SYNC_EVERY_MS)
 		log_sync(m);
@@ -1024,9 +1047,12 @@ static int log_reset(struct mem *m, uint64_t gen)
 	pack_write(m, log_magic, MAGIC_LEN);
 	pack_meta(m, gen);
 	if (frame_end(m) < 0 || ftruncate(m->log_fd, 0) < 0 ||
-	    write_all(m->log_fd, m->sb.data, m->sb.size) < 0 || fdatasync(m->log_fd) < 0)
+	    write_all(m->log_fd, m->sb.data, m->sb.size) < 0 || fdatasync(m->log_fd) < 0) {
+		msgpack_sbuffer_clear(&m->sb);
 		return -1;
+	}
 	m->log_bytes = m->sb.size;
+	msgpack_sbuffer_clear(&m->sb);   /* it holds the records still to write */
 	m->dirty = false;
 	m->synced_mono = mono_ms();
 	return 0;
@@ -1036,7 +1062,7 @@ static void maybe_compact(struct mem *m)
 {
 	char err[256];
 
-	if (m->log_bytes < m->compact_at || m->broken)
+	if (m->log_bytes + m->sb.size < m->compact_at || m->broken)
 		return;
 	if (store_mem_compact(&m->pub, err, sizeof(err)) < 0) {
 		log_error("store: %s", err);
@@ -1091,7 +1117,6 @@ static int admit_commit(struct mem *m, const struct store_admit_req *req, int64_
 		p->w_out = req->b[i].w_out;
 	}
 	r->lease_until = sat_add(now, req->lease_ms > 0 ? req->lease_ms : 0);
-	msgpack_sbuffer_clear(&m->sb);
 	frame_begin(m, 5, OP_RESERVE);
 	pack_i64(m, now);
 	pack_str(m, r->rid);
@@ -1147,7 +1172,6 @@ static void mem_admit(void *impl, const struct store_admit_req *req, store_admit
 
 static void pack_settle(struct mem *m, int64_t now, const struct res *r, const int64_t *amount)
 {
-	msgpack_sbuffer_clear(&m->sb);
 	frame_begin(m, 4, OP_SETTLE);
 	pack_i64(m, now);
 	pack_str(m, r->rid);
@@ -1215,7 +1239,6 @@ static int quota_change(struct mem *m, const char *key, int64_t v, bool add, int
 	maintain(m, now);
 	if (!key_ok(key) || !(b = bucket_get(m, key, 0)))
 		return -1;
-	msgpack_sbuffer_clear(&m->sb);
 	frame_begin(m, 4, add ? OP_QADD : OP_QSET);
 	pack_i64(m, now);
 	pack_str(m, key);
@@ -1284,7 +1307,6 @@ void store_mem_counter_add(struct store *s, const char *name, int64_t delta)
 		log_error("store: out of memory, counter %s not counted", name);
 		return;
 	}
-	msgpack_sbuffer_clear(&m->sb);
 	frame_begin(m, 4, OP_COUNTER);
 	pack_i64(m, now);
 	pack_str(m, name);
@@ -1348,13 +1370,6 @@ static void snap_res(struct mem *m, const struct res *r)
 	pack_parts(m, r);
 }
 
-static void snap_done(struct mem *m, const struct done *d)
-{
-	frame_begin(m, 3, OP_S_DONE);
-	pack_str(m, d->rid);
-	pack_i64(m, d->at);
-}
-
 static void snap_counter(struct mem *m, const struct counter *c)
 {
 	frame_begin(m, 3, OP_S_COUNTER);
@@ -1404,10 +1419,6 @@ static void snap_tables(struct snapw *w)
 		snap_res(m, r);
 		snapw_end(w);
 	}
-	for (struct done *d = m->done_head; d; d = d->next) {
-		snap_done(m, d);
-		snapw_end(w);
-	}
 	for (size_t i = 0; i <= m->counters.mask; i++)
 		for (struct hnode *e = m->counters.slot[i]; e; e = e->next) {
 			snap_counter(m, container_of(e, struct counter, h));
@@ -1442,6 +1453,10 @@ int store_mem_compact(struct store *s, char *err, size_t errlen)
 
 	if (m->broken) {
 		snprintf(err, errlen, "%s: store disabled after a write error", m->log_path);
+		return -1;
+	}
+	if (log_flush(m) < 0) {
+		snprintf(err, errlen, "%s: cannot write the log", m->log_path);
 		return -1;
 	}
 	maintain(m, mem_now(m));
@@ -2116,6 +2131,7 @@ static void mem_free(void *impl)
 	if (m->broken || store_mem_compact(&m->pub, err, sizeof(err)) < 0) {
 		if (!m->broken)
 			log_error("store: %s", err);
+		log_flush(m);
 		log_sync_mode(m, true);   /* the log alone still holds everything written */
 	}
 	mem_destroy(m);
@@ -2132,8 +2148,14 @@ static const struct store_ops mem_ops = {
 
 /* ----------------------------------------------------------- the others */
 
+int store_mem_flush(struct store *s)
+{
+	return log_flush(s->impl);
+}
+
 void store_mem_sync(struct store *s)
 {
+	log_flush(s->impl);
 	log_sync_mode(s->impl, true);
 }
 
@@ -2147,6 +2169,7 @@ void store_mem_expire(struct store *s)
 		htab_sweep(&m->buckets, bucket_idle, &now);
 		m->gc_at = now + GC_EVERY_MS;
 	}
+	log_flush(m);
 	log_sync(m);
 }
 
