@@ -510,7 +510,9 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 	        "    http-response set-var(txn.tollgate_blen) res.body_len if tg_metered !tg_sse\n"
 	        "    acl tg_cut res.body_size,sub(txn.tollgate_blen) gt 0\n"
 	        "    acl tg_full var(txn.tollgate_blen) -m int ge %lu\n"
-	        "    http-response send-spoe-group tollgate response if tg_metered !tg_sse !tg_cut !tg_full\n",
+	        "    http-response send-spoe-group tollgate response if tg_metered !tg_sse !tg_cut !tg_full\n"
+	        "    # settled there (the store said so): the record would change nothing\n"
+	        "    http-response set-log-level silent if { var(txn.tg.settled) -m int 1 }\n",
 	        ms(h->timeouts.server), max_body);
 	if (h->on_agent_error == TG_FAIL_OPEN && cfg->n_providers)
 		fprintf(f, "    default_backend prov_%s\n", cfg->providers[0].name);

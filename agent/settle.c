@@ -42,6 +42,7 @@ struct settle_ctx {             /* the ctx variable, parsed */
 
 struct settling {
 	struct agent *a;
+	struct spop_tx *tx;        /* the response message's ACK, held until the store answers */
 	struct settle_ctx c;
 	char rid[64];
 	const char *source;
@@ -111,21 +112,31 @@ static void settled(enum store_settle_rc rc, void *arg)
 
 		tel_usage(s->a, &u);
 	} else if (rc == STORE_ERROR) {
-		log_warn("settle %s: store error; the lease will expire", s->rid);
+		log_warn("settle %s: store error; the settlement record or the lease decides", s->rid);
+	}
+	/* settled=1 tells HAProxy the record would change nothing: it is not
+	 * emitted (set-log-level silent). Only after the store said so. */
+	if (s->tx) {
+		if (rc != STORE_ERROR && !tx_abandoned(s->tx))
+			tx_set_int(s->tx, "settled", 1);
+		tx_release(s->tx);
 	}
 	free(s);
 }
 
 /* Charge a request. in/out < 0: unknown, estimate from output_chars. */
-static void settle(struct agent *a, const char *rid, const struct settle_ctx *c,
-                   const char *source, int status, int64_t in, int64_t out,
-                   int64_t output_chars)
+static void settle(struct agent *a, struct spop_tx *tx, const char *rid,
+                   const struct settle_ctx *c, const char *source, int status,
+                   int64_t in, int64_t out, int64_t output_chars)
 {
 	struct settling *s = calloc(1, sizeof(*s));
 
 	if (!s)
 		return;
 	s->a = a;
+	s->tx = tx;
+	if (tx)
+		tx_hold(tx);
 	s->c = *c;
 	snprintf(s->rid, sizeof(s->rid), "%s", rid);
 	s->source = source;
@@ -185,8 +196,7 @@ static void on_response(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 	 * has seen the whole body. */
 	if (!u.found)
 		return;
-	settle(a, ridbuf, &c, "spop", status, u.in, u.out, 0);
-	tx_set_int(tx, "settled", 1);
+	settle(a, tx, ridbuf, &c, "spop", status, u.in, u.out, 0);
 }
 
 /* ---- settlement records --------------------------------------------- */
@@ -224,9 +234,9 @@ int settle_record(struct agent *a, const char *line, size_t len)
 	seen = field_int(f[8]);
 	bytes = field_int(f[9]);
 	if (in >= 0 || out >= 0)
-		settle(a, f[2], &c, "record", (int)field_int(f[4]), in < 0 ? 0 : in, out < 0 ? 0 : out, 0);
+		settle(a, NULL, f[2], &c, "record", (int)field_int(f[4]), in < 0 ? 0 : in, out < 0 ? 0 : out, 0);
 	else    /* an error body is not model output: only the prompt is estimated */
-		settle(a, f[2], &c, "record", (int)field_int(f[4]), -1, -1,
+		settle(a, NULL, f[2], &c, "record", (int)field_int(f[4]), -1, -1,
 		       field_int(f[4]) >= 400 ? 0 : seen >= 0 ? seen : (bytes > 0 && !c.stream ? bytes : 0));
 	return 1;
 }
