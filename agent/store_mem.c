@@ -74,7 +74,7 @@
 #include "store_mem.h"
 
 #define AMOUNT_MAX     ((int64_t)1 << 40)   /* per estimate or charge: sums never overflow */
-#define SYNC_EVERY_MS  100
+#define SYNC_EVERY_MS  1000                 /* fdatasync when dirty, at most this often */
 #define GC_EVERY_MS    1000
 #define FLUSH_BYTES    (256u << 10)         /* unwritten frames written at once past this */
 #define PENDING_MAX    (64u << 20)          /* unwritten past this after a failed write: give up */
@@ -2170,7 +2170,8 @@ void store_mem_expire(struct store *s)
 		m->gc_at = now + GC_EVERY_MS;
 	}
 	log_flush(m);
-	log_sync(m);
+	if (mono_ms() - m->synced_mono >= SYNC_EVERY_MS)
+		log_sync(m);
 }
 
 void store_mem_set_clock(struct store *s, int64_t (*now_ms)(void *), void *arg)

@@ -12,11 +12,13 @@
  * watcher of the highest priority, before the SPOP and HTTP servers send
  * anything: nothing is acknowledged before its record is in the file, so a
  * crash of the process loses nothing that was acknowledged. The log is
- * fdatasync'ed at most every 100 ms, and whenever store_mem_expire() finds
- * it dirty, on a thread of the store's own (fdatasync takes milliseconds:
- * never on the event loop); store_mem_sync() syncs at once, on the caller's
- * thread. With store_mem_expire() on a 100 ms timer, a power loss loses at
- * most the last ~100 ms of operations (plus one fdatasync in flight). When
+ * fdatasync'ed once a second when dirty (Redis's `appendfsync everysec`),
+ * on a thread of the store's own: fdatasync takes milliseconds and holds
+ * up the loop's own writes to the file meanwhile, so syncing every 100 ms
+ * put ~1 ms on 1% of requests. store_mem_sync() syncs at once, on the
+ * caller's thread. With store_mem_expire() on a 100 ms timer, a power loss
+ * loses at most the last ~1 s of operations (plus one fdatasync in
+ * flight). When
  * the log grows past the compaction threshold, and on close, the state is
  * written to a new snapshot (temporary file, fsync, rename, fsync of the
  * directory) and the log restarts empty. Settled rids are not in snapshots
@@ -56,7 +58,8 @@ void store_mem_sync(struct store *s);
 
 /* Periodic work, from a timer (every 100 ms is right): lapse the leases that
  * expired, forget settled rids past their retention, drop idle buckets (at
- * most once a second), and write and sync the log if dirty. Cheap when idle. */
+ * most once a second), write the log, and sync it if dirty and the last sync
+ * is a second old. Cheap when idle. */
 void store_mem_expire(struct store *s);
 
 /* Write a snapshot now and empty the log. 0, or -1 with `err` filled (the
