@@ -38,7 +38,8 @@
 
 #define PREFIX          "tollgate:v1:"
 #define GRACE_MS        3600000     /* a reservation record outlives its lease this long */
-#define MARKER_MS       3600000     /* settled / charged markers */
+#define DONE_MS         300000      /* settled markers: only tell a duplicate from an unknown */
+#define MARKER_MS       3600000     /* replayed-charge markers: a replay applies once */
 #define DEFAULT_TIMEOUT 50          /* ms */
 #define BACKOFF_MIN     0.05        /* s, doubled per failed attempt... */
 #define BACKOFF_MAX     1.0         /* ...up to this */
@@ -387,7 +388,7 @@ static int send_settle(struct call *c)
 	args_fmt(&a, "%lld", (long long)c->in);
 	args_fmt(&a, "%lld", (long long)c->out);
 	args_fmt(&a, "%lld", (long long)c->s->test_now);
-	args_fmt(&a, "%d", MARKER_MS);
+	args_fmt(&a, "%d", DONE_MS);
 	args_script(c->s, &a, SCRIPT_SETTLE);
 	return send_args(c, &a);
 }

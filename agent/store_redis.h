@@ -30,8 +30,15 @@
  *                              (length-prefixed: keys may hold any byte),
  *                              kept for the lease + 1 h so that a late
  *                              settlement still knows what to charge
- *   tollgate:v1:done:<rid>     settled marker (1 h): a second settlement of
- *                              the rid is STORE_DUPLICATE
+ *   tollgate:v1:done:<rid>     settled marker (5 min): a second settlement of
+ *                              the rid is STORE_DUPLICATE. Correctness does
+ *                              not rest on it (settling deletes the record,
+ *                              so a later second settlement is UNKNOWN and
+ *                              charges nothing either); it only names
+ *                              duplicates in the metrics, and 5 min keeps
+ *                              Redis at ~300k markers at 1k req/s (1 h was
+ *                              ~300 MB). HAProxy emits no record for answers
+ *                              settled over SPOP, so duplicates are rare
  *   tollgate:v1:chg:<rid>:<i>  marker (1 h) of a replayed quota charge (see
  *                              "Failure" below), so a replay applies once
  *
