@@ -416,9 +416,9 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 	if (h->tls_listen && h->tls_cert)
 		fprintf(f, "    bind %s ssl crt %s alpn h2,http/1.1\n", h->tls_listen, h->tls_cert);
 	fprintf(f,
-	        "    # the agent needs the whole request body; SSE needs no delay\n"
+	        "    # the agent needs the whole request body (SSE's http-no-delay is on\n"
+	        "    # the prov_*_obs backends, where streams go: it costs every request)\n"
 	        "    option http-buffer-request\n"
-	        "    option http-no-delay\n"
 	        "    unique-id-format %%[uuid()]\n");
 	if (settle)
 		fprintf(f,
@@ -557,7 +557,8 @@ static int render_backends(FILE *f, const struct tg_config *cfg, const char *age
 		        obs ? ", observed by the Lua filter" : "");
 		fprintf(f, "backend prov_%s%s\n", p->name, obs ? "_obs" : "");
 		if (obs)
-			fprintf(f, "    filter lua.tollgate %lu\n", max_body);
+			fprintf(f, "    filter lua.tollgate %lu\n"
+			           "    option http-no-delay\n", max_body);
 		if (p->timeout > 0)
 			fprintf(f, "    timeout server %lums\n", ms(p->timeout));
 		if (p->type == TG_PROV_MOCK) {

@@ -25,7 +25,8 @@ What it proves:
   - the built-in `mock` provider is metered like any other, and so is a
     route without ai-quota or ai-token-ratelimit;
   - every quota balance falls by exactly the provider's total tokens;
-  - the first SSE byte is not delayed (x-mock-delay-ms between events);
+  - the first SSE byte is not delayed (x-mock-delay-ms between events),
+    and events are not batched;
   - a client that disconnects mid-stream is charged > 0 and no more than
     its reservation, settled exactly once, and a second record for the same
     reservation changes nothing;
@@ -372,6 +373,24 @@ def sse_first_byte_not_delayed(c):
     early = [t for t, _ in data_blocks if t < last - 0.5]
     assert len(early) >= 4, "only %d blocks before the end: %r" % (
         len(early), [(round(t, 3), d[:40]) for t, d in s.blocks])
+    tin, tout = G.upstream_usage(b.one_record())
+    b.expect(tin, tout)
+
+
+@case
+def sse_events_not_batched(c):
+    """Each event leaves HAProxy when it arrives (option http-no-delay on
+    the prov_*_obs backends): without it HAProxy batches them ~200 ms
+    apart, which pacing at 300 ms does not show."""
+    b = Before(c, "m-sse-pace")
+    s = G.sse_stream(c.gw.port, CHAT, chat("m-sse-pace", stream=True),
+                     {"x-api-key": KEY_A, "x-mock-delay-ms": "40",
+                      "x-mock-completion-tokens": "20"})
+    assert s.status == 200, (s.status, s.body[:300])
+    times = [t for t, d in s.blocks if b"data:" in d]
+    gaps = [round((y - x) * 1000) for x, y in zip(times, times[1:])]
+    assert len(times) >= 20, "%d blocks, gaps %r ms" % (len(times), gaps)
+    assert max(gaps[:-1]) < 150, "events batched: gaps %r ms" % gaps
     tin, tout = G.upstream_usage(b.one_record())
     b.expect(tin, tout)
 
