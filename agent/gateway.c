@@ -385,6 +385,12 @@ static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 		goto done;
 	}
 	meter_parse_request(r->body.ptr, r->body.len, &p->lr);
+	if (p->lr.duplicate_key) {
+		gateway_deny(tx, 400, "invalid_request_error", "duplicate_key",
+		             "The request body names a member twice: which one counts is ambiguous");
+		count_decision(p, "invalid", 400);
+		goto done;
+	}
 	model = request_model(r, &p->lr, hmodel, sizeof(hmodel));
 	if (!p->lr.model[0])
 		snprintf(p->lr.model, sizeof(p->lr.model), "%s", model);

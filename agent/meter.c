@@ -27,6 +27,16 @@ int64_t meter_estimate_text(const char *s, size_t len)
 	return (ascii + 3) / 4 + other;
 }
 
+/* A JSON number as a token count: -1 if negative or not a number, at most
+ * TOKENS_MAX (a double past INT64_MAX has no int64_t value). */
+#define TOKENS_MAX 1000000000000000LL
+static int64_t json_count(const cJSON *v)
+{
+	if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0))
+		return -1;
+	return v->valuedouble >= (double)TOKENS_MAX ? TOKENS_MAX : (int64_t)v->valuedouble;
+}
+
 /* Sum the text of a prompt value: a string, or an array of strings, of
  * message objects ({content: string | [{text: ...}]}) or of input items. */
 static int64_t estimate_value(const cJSON *v, int depth)
@@ -50,6 +60,22 @@ static int64_t estimate_value(const cJSON *v, int depth)
 	return n;
 }
 
+/* Does an object name a member twice? Parsers disagree on which one wins
+ * (cJSON: the first; Python and most providers: the last), so a body with
+ * {"model":"cheap","model":"dear"} could be routed and charged as one model
+ * and served as the other. */
+static bool has_duplicate_key(const cJSON *o)
+{
+	const cJSON *a, *b;
+
+	cJSON_ArrayForEach(a, o) {
+		for (b = a->next; b; b = b->next)
+			if (a->string && b->string && strcmp(a->string, b->string) == 0)
+				return true;
+	}
+	return false;
+}
+
 void meter_parse_request(const char *body, size_t len, struct llm_request *r)
 {
 	cJSON *root = cJSON_ParseWithLength(body, len), *v, *so;
@@ -64,16 +90,17 @@ void meter_parse_request(const char *body, size_t len, struct llm_request *r)
 		return;
 	}
 	r->json = true;
+	so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+	r->duplicate_key = has_duplicate_key(root) || (cJSON_IsObject(so) && has_duplicate_key(so));
 	v = cJSON_GetObjectItemCaseSensitive(root, "model");
 	if (cJSON_IsString(v))
 		snprintf(r->model, sizeof(r->model), "%s", v->valuestring);
 	r->stream = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "stream"));
-	so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
 	r->include_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
 	for (unsigned i = 0; i < sizeof(caps) / sizeof(*caps); i++) {
 		v = cJSON_GetObjectItemCaseSensitive(root, caps[i]);
-		if (cJSON_IsNumber(v) && v->valuedouble >= 0) {
-			r->max_tokens = (int64_t)v->valuedouble;
+		if (json_count(v) >= 0) {
+			r->max_tokens = json_count(v);
 			break;
 		}
 	}
@@ -142,7 +169,7 @@ static int64_t get_int(const cJSON *o, const char *a, const char *b)
 
 	if (!cJSON_IsNumber(v) && b)
 		v = cJSON_GetObjectItemCaseSensitive(o, b);
-	return cJSON_IsNumber(v) && v->valuedouble >= 0 ? (int64_t)v->valuedouble : -1;
+	return json_count(v);
 }
 
 void meter_parse_usage(const char *body, size_t len, struct llm_usage *u)

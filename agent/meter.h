@@ -14,6 +14,7 @@
 
 struct llm_request {
 	bool json;                 /* the body parsed as a JSON object */
+	bool duplicate_key;        /* a member named twice (top level, stream_options): ambiguous */
 	char model[128];
 	bool stream;
 	bool include_usage;        /* stream_options.include_usage */

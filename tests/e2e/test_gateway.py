@@ -220,6 +220,21 @@ def unknown_model_is_404(c):
 
 
 @case
+def duplicate_key_is_400(c):
+    # cJSON keeps the first "model", most providers the last: a body naming
+    # a member twice could be routed and charged as one model, served as
+    # another. It is refused, and the upstream never sees it.
+    body = '{"model":"qwen-max","model":"qwen-plus","messages":[{"role":"user","content":"hi"}]}'
+    e = expect_error(c, "POST", CHAT, body, {"x-api-key": USER1,
+                     "Content-Type": "application/json"}, 400, "duplicate model")
+    assert e["code"] == "duplicate_key", e
+    body = ('{"model":"qwen-max","stream":true,"stream_options":'
+            '{"include_usage":false,"include_usage":true},"messages":[]}')
+    expect_error(c, "POST", CHAT, body, {"x-api-key": USER1,
+                 "Content-Type": "application/json"}, 400, "duplicate include_usage")
+
+
+@case
 def model_from_header(c):
     n = len(c.up.requests())
     body = chat_body(None, max_tokens=4)

@@ -41,6 +41,33 @@ CASE(request_stream_options)
 	CHECK(r.prompt_tokens >= 2);
 }
 
+CASE(request_duplicate_key)
+{
+	struct llm_request r;
+
+	meter_parse_request(S("{\"model\":\"a\",\"messages\":[],\"model\":\"b\"}"), &r);
+	CHECK(r.json && r.duplicate_key);
+	meter_parse_request(S("{\"model\":\"a\",\"stream_options\":{\"include_usage\":false,"
+	                      "\"include_usage\":true}}"), &r);
+	CHECK(r.duplicate_key);
+	/* the same name in different objects is no ambiguity */
+	meter_parse_request(S("{\"model\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},"
+	                      "{\"role\":\"user\",\"content\":\"y\"}]}"), &r);
+	CHECK(r.json && !r.duplicate_key);
+}
+
+CASE(request_huge_numbers_clamped)
+{
+	struct llm_request r;
+	struct llm_usage u;
+
+	/* 1e999 parses as infinity: a token count, never an undefined cast */
+	meter_parse_request(S("{\"model\":\"m\",\"max_tokens\":1e999}"), &r);
+	CHECK(r.max_tokens == 1000000000000000LL);
+	meter_parse_usage(S("{\"usage\":{\"prompt_tokens\":1e300,\"completion_tokens\":-5}}"), &u);
+	CHECK(u.found && u.in == 1000000000000000LL && u.out == 0);
+}
+
 CASE(request_not_json)
 {
 	struct llm_request r;
@@ -135,6 +162,8 @@ int main(void)
 	RUN(estimate_ascii_and_cjk);
 	RUN(request_chat);
 	RUN(request_stream_options);
+	RUN(request_duplicate_key);
+	RUN(request_huge_numbers_clamped);
 	RUN(request_not_json);
 	RUN(request_embeddings_and_responses);
 	RUN(usage_whole_body);
