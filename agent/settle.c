@@ -34,12 +34,6 @@
 #define RECORD_MAX      8192
 #define SETTLE_CONN_BUF (64 * 1024)
 
-struct settle_ctx {             /* the ctx variable, parsed */
-	char route[96], provider[96], model[160], consumer[96];
-	int64_t est_in, est_out;
-	bool stream;
-};
-
 struct settling {
 	struct agent *a;
 	struct spop_tx *tx;        /* the response message's ACK, held until the store answers */
@@ -70,23 +64,42 @@ struct settle_server {
 
 /* ---- the context variable ------------------------------------------- */
 
+/* Copy field [p, e) into out (truncated to outlen - 1 bytes). */
+static void ctx_copy(char *out, size_t outlen, const char *p, const char *e)
+{
+	size_t n = (size_t)(e - p);
+
+	if (n >= outlen)
+		n = outlen - 1;
+	memcpy(out, p, n);
+	out[n] = 0;
+}
+
+/* "route,provider,model,consumer,est_in,est_out,stream": seven non-empty
+ * fields (gateway.c's make_ctx writes it). */
 static bool parse_ctx(const char *s, size_t len, struct settle_ctx *c)
 {
-	char tmp[600], *f[7], *save = NULL;
+	const char *f[7], *e[7], *end = s + len, *p = s;
 	int n = 0;
 
-	if (len >= sizeof(tmp))
+	while (n < 7) {
+		const char *comma = memchr(p, ',', (size_t)(end - p));
+
+		f[n] = p;
+		e[n] = comma ? comma : end;
+		if (e[n] == f[n])
+			return false;
+		n++;
+		if (!comma)
+			break;
+		p = comma + 1;
+	}
+	if (n != 7 || e[6] != end)
 		return false;
-	memcpy(tmp, s, len);
-	tmp[len] = 0;
-	for (char *t = strtok_r(tmp, ",", &save); t && n < 7; t = strtok_r(NULL, ",", &save))
-		f[n++] = t;
-	if (n != 7)
-		return false;
-	snprintf(c->route, sizeof(c->route), "%s", f[0]);
-	snprintf(c->provider, sizeof(c->provider), "%s", f[1]);
-	snprintf(c->model, sizeof(c->model), "%s", f[2]);
-	snprintf(c->consumer, sizeof(c->consumer), "%s", f[3]);
+	ctx_copy(c->route, sizeof(c->route), f[0], e[0]);
+	ctx_copy(c->provider, sizeof(c->provider), f[1], e[1]);
+	ctx_copy(c->model, sizeof(c->model), f[2], e[2]);
+	ctx_copy(c->consumer, sizeof(c->consumer), f[3], e[3]);
 	c->est_in = strtoll(f[4], NULL, 10);
 	c->est_out = strtoll(f[5], NULL, 10);
 	c->stream = f[6][0] == '1';
@@ -207,14 +220,13 @@ static int64_t field_int(const char *s)
 }
 
 /* "tg1 <uid> <rid> <ctx> <status> <tsc> <u_in> <u_out> <seen_chars> <bytes>" */
-int settle_record(struct agent *a, const char *line, size_t len)
+int settle_parse_record(const char *line, size_t len, struct settle_rec *r)
 {
 	char tmp[RECORD_MAX], *f[10], *save = NULL, *p;
 	const char *mark;
-	struct settle_ctx c;
 	int n = 0;
-	int64_t in, out, seen, bytes;
 
+	memset(r, 0, sizeof(*r));
 	mark = memmem(line, len, "tg1 ", 4);
 	if (!mark || (size_t)(line + len - mark) >= sizeof(tmp))
 		return -1;
@@ -227,17 +239,31 @@ int settle_record(struct agent *a, const char *line, size_t len)
 		return -1;
 	if (strcmp(f[2], "-") == 0 || !f[2][0])
 		return 0;                       /* no reservation: denial or admin call */
-	if (strlen(f[2]) >= 64 || !parse_ctx(f[3], strlen(f[3]), &c))
+	if (strlen(f[2]) >= sizeof(r->rid) || !parse_ctx(f[3], strlen(f[3]), &r->c))
 		return -1;
-	in = field_int(f[6]);
-	out = field_int(f[7]);
-	seen = field_int(f[8]);
-	bytes = field_int(f[9]);
-	if (in >= 0 || out >= 0)
-		settle(a, NULL, f[2], &c, "record", (int)field_int(f[4]), in < 0 ? 0 : in, out < 0 ? 0 : out, 0);
+	memcpy(r->rid, f[2], strlen(f[2]) + 1);
+	r->status = (int)field_int(f[4]);
+	r->in = field_int(f[6]);
+	r->out = field_int(f[7]);
+	r->seen_chars = field_int(f[8]);
+	r->bytes = field_int(f[9]);
+	return 1;
+}
+
+int settle_record(struct agent *a, const char *line, size_t len)
+{
+	struct settle_rec r;
+	int rc = settle_parse_record(line, len, &r);
+
+	if (rc <= 0)
+		return rc;
+	if (r.in >= 0 || r.out >= 0)
+		settle(a, NULL, r.rid, &r.c, "record", r.status, r.in < 0 ? 0 : r.in,
+		       r.out < 0 ? 0 : r.out, 0);
 	else    /* an error body is not model output: only the prompt is estimated */
-		settle(a, NULL, f[2], &c, "record", (int)field_int(f[4]), -1, -1,
-		       field_int(f[4]) >= 400 ? 0 : seen >= 0 ? seen : (bytes > 0 && !c.stream ? bytes : 0));
+		settle(a, NULL, r.rid, &r.c, "record", r.status, -1, -1,
+		       r.status >= 400 ? 0 : r.seen_chars >= 0 ? r.seen_chars :
+		       (r.bytes > 0 && !r.c.stream ? r.bytes : 0));
 	return 1;
 }
 
