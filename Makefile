@@ -3,7 +3,7 @@
 #   make            build/tollgate and build/libspop.a, warning-free (-Werror)
 #   make test       every test; last line "N passed, N failed"
 #   make asan       the same suite under AddressSanitizer + UBSan (build-asan/)
-#   make fuzz       longer fuzzing of the SPOP codec (the suite fuzzes briefly)
+#   make fuzz       longer fuzzing: SPOP codec, body parsers (the suite fuzzes briefly)
 #   make bench      benchmarks (SPOP load generator, HAProxy +/- agent)
 #   make demo       HAProxy + agent + mock provider, ready for the seed's curls
 

@@ -1,0 +1,106 @@
+/* tests/fuzz/fuzz_bodies.c -- libFuzzer target of the agent's body parsers.
+ *
+ * Owns: fuzzing what the agent reads from bytes a client, a provider or
+ * HAProxy controls, other than SPOP frames (fuzz_spop.c):
+ *   - request bodies: meter_parse_request(), meter_rewrite_request() (its
+ *     output must parse again, with what it was asked to put in);
+ *   - response bodies, whole or cut: meter_parse_usage();
+ *   - settlement records: settle_parse_record().
+ * The first input byte steers the options; the rest is the body. Every
+ * result is checked against what the parsers promise, so a wrong answer is
+ * a crash like a bad read. Run by tests/fuzz/run.sh.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "meter.h"
+#include "settle.h"
+
+#define FUZZ_ASSERT(c) do { if (!(c)) { fprintf(stderr, "assertion failed: %s (%s:%d)\n", \
+	#c, __FILE__, __LINE__); abort(); } } while (0)
+
+static size_t cstrlen(const char *s, size_t cap)
+{
+	return strnlen(s, cap);
+}
+
+static void request_body(const char *p, size_t n, uint8_t steer)
+{
+	struct llm_request r;
+	size_t out_len = 0;
+	char *out;
+	bool add = steer & 1;
+	const char *model = (steer & 2) ? "fuzz-model" : NULL;
+	int64_t cap = (steer & 4) ? (int64_t)(steer >> 3) : -1;
+	cJSON *root, *so;
+
+	meter_parse_request(p, n, &r);
+	FUZZ_ASSERT(cstrlen(r.model, sizeof(r.model)) < sizeof(r.model));
+	FUZZ_ASSERT(r.max_tokens >= -1);
+	FUZZ_ASSERT(r.prompt_tokens >= 0 && r.prompt_tokens <= 4 * (int64_t)n + 1);
+	FUZZ_ASSERT(!r.json || r.prompt_tokens >= 1);
+
+	if (r.duplicate_key)
+		return;   /* refused with 400 before any rewrite */
+	out = meter_rewrite_request(p, n, add, model, cap, &out_len);
+	if (!out)
+		return;   /* not an object (or out of memory) */
+	FUZZ_ASSERT(r.json);                       /* only an object is rewritten */
+	FUZZ_ASSERT(out_len == strlen(out));
+	root = cJSON_ParseWithLength(out, out_len);
+	FUZZ_ASSERT(cJSON_IsObject(root));
+	if (add) {
+		so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+		FUZZ_ASSERT(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage")));
+	}
+	if (model)
+		FUZZ_ASSERT(strcmp(cJSON_GetStringValue(
+			cJSON_GetObjectItemCaseSensitive(root, "model")), model) == 0);
+	cJSON_Delete(root);
+	free(out);
+}
+
+static void response_body(const char *p, size_t n)
+{
+	struct llm_usage u;
+
+	meter_parse_usage(p, n, &u);
+	FUZZ_ASSERT(!u.found || (u.in >= 0 && u.out >= 0));
+	FUZZ_ASSERT(u.found || (u.in == 0 && u.out == 0));
+}
+
+static void record(const char *p, size_t n)
+{
+	struct settle_rec r;
+	int rc = settle_parse_record(p, n, &r);
+
+	FUZZ_ASSERT(rc >= -1 && rc <= 1);
+	if (rc != 1)
+		return;
+	FUZZ_ASSERT(r.rid[0] && cstrlen(r.rid, sizeof(r.rid)) < sizeof(r.rid));
+	FUZZ_ASSERT(cstrlen(r.c.route, sizeof(r.c.route)) < sizeof(r.c.route));
+	FUZZ_ASSERT(cstrlen(r.c.consumer, sizeof(r.c.consumer)) < sizeof(r.c.consumer));
+	FUZZ_ASSERT(r.in >= -1 && r.out >= -1 && r.seen_chars >= -1 && r.bytes >= -1);
+	FUZZ_ASSERT(memmem(p, n, r.rid, strlen(r.rid)) != NULL);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	const char *p;
+	size_t n;
+
+	if (size < 1)
+		return 0;
+	p = (const char *)data + 1;
+	n = size - 1;
+	request_body(p, n, data[0]);
+	response_body(p, n);
+	record(p, n);
+	return 0;
+}
