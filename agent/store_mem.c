@@ -759,7 +759,7 @@ static void maintain(struct mem *m, int64_t now)
 	while (m->lapsed_head && (now - m->lapsed_head->lease_until >= STORE_MEM_RETAIN_MS ||
 	                          m->n_lapsed > m->retain_max))
 		res_retire(m, m->lapsed_head);
-	while (m->done_head && (now - m->done_head->at >= STORE_MEM_RETAIN_MS ||
+	while (m->done_head && (now - m->done_head->at >= STORE_MEM_DONE_MS ||
 	                        m->done.count > m->retain_max))
 		done_pop(m);
 }

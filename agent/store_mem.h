@@ -21,10 +21,10 @@
  * flight). When
  * the log grows past the compaction threshold, and on close, the state is
  * written to a new snapshot (temporary file, fsync, rename, fsync of the
- * directory) and the log restarts empty. Settled rids are not in snapshots
- * (at 1k req/s an hour of them is ~100 MB): after a restart only those
- * settled since the last snapshot are known as duplicates; an older one is
- * "unknown", and neither charges anything.
+ * directory) and the log restarts empty. Settled rids (kept 5 min, at most
+ * STORE_MEM_RETAIN_MAX) only tell a duplicate settlement from an unknown
+ * one -- neither charges anything -- so they are not in snapshots: after a
+ * restart only those settled since the last snapshot are duplicates.
  *
  * Time is wall-clock milliseconds (CLOCK_REALTIME by default), so windows and
  * leases mean the same thing after a restart. The store never lets its time
@@ -40,7 +40,8 @@
 
 /* Defaults, each adjustable per store below. */
 #define STORE_MEM_COMPACT_BYTES (16u << 20)   /* log size that triggers a snapshot */
-#define STORE_MEM_RETAIN_MS     3600000        /* settled rids remembered this long... */
+#define STORE_MEM_RETAIN_MS     3600000        /* lapsed leases still settle this long... */
+#define STORE_MEM_DONE_MS       300000         /* settled rids remembered this long (as Redis)... */
 #define STORE_MEM_RETAIN_MAX    2000000        /* ...but never more than this many (~80 B each) */
 
 /* Open (creating the directory if missing) and load the snapshot, then

@@ -491,10 +491,10 @@ CASE(exactly_once_settlement)
 
 	CHECK(admit1(s, "r1", -1, 1, false).err == -1);     /* a settled rid is not reused */
 
-	fake_now += STORE_MEM_RETAIN_MS - 1;                /* r2 still remembered */
+	fake_now += STORE_MEM_DONE_MS - 1;                  /* r2 still remembered */
 	CHECK(settle(s, "r2", 1, 1) == STORE_DUPLICATE);
 	fake_now += 1;
-	CHECK(settle(s, "r2", 1, 1) == STORE_UNKNOWN);      /* forgotten after an hour */
+	CHECK(settle(s, "r2", 1, 1) == STORE_UNKNOWN);      /* forgotten after 5 min */
 	CHECK(qget(s, "q") == 60);
 
 	store_mem_set_retain_max(s, 10);                    /* memory stays bounded */
