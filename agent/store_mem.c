@@ -295,6 +295,9 @@ struct done {                  /* a settled rid, remembered for duplicates */
 struct counter {
 	struct hnode h;
 	int64_t value;
+	int64_t owed;              /* added since the last log write: one record then */
+	struct counter *next_owed; /* mem.owed list; owed_listed while on it */
+	bool owed_listed;
 	char name[];
 };
 
@@ -331,6 +334,7 @@ struct mem {
 	struct res *lapsed_head, *lapsed_tail;
 	size_t n_lapsed;
 	struct done *done_head, *done_tail;
+	struct counter *owed;             /* counters with additions not yet in sb */
 	msgpack_sbuffer sb;               /* frames being encoded */
 	msgpack_packer pk;
 	size_t frame_off;
@@ -1018,10 +1022,37 @@ static int log_append(struct mem *m)
  * to where it was (a torn record must never precede a good one) and the
  * frames are kept for the next try; the store gives up (broken) when the
  * cut fails or when too much waits. */
+/* One record per counter added to since the last write, with the sum of
+ * its additions: a counter bumped at every request costs a record per loop
+ * iteration, not per request. */
+static void pack_owed(struct mem *m)
+{
+	int64_t now = m->owed ? mem_now(m) : 0;
+
+	while (m->owed) {
+		struct counter *c = m->owed;
+
+		m->owed = c->next_owed;         /* off the list first: log_append may write */
+		frame_begin(m, 4, OP_COUNTER);
+		pack_i64(m, now);
+		pack_str(m, c->name);
+		pack_i64(m, c->owed);
+		if (log_append(m) < 0) {
+			c->next_owed = m->owed;     /* still owed: the next write tries again */
+			m->owed = c;
+			return;
+		}
+		c->next_owed = NULL;
+		c->owed_listed = false;
+		c->owed = 0;
+	}
+}
+
 static int log_flush(struct mem *m)
 {
 	if (m->broken)
 		return -1;
+	pack_owed(m);
 	if (!m->sb.size)
 		return 0;
 	if (write_all(m->log_fd, m->sb.data, m->sb.size) < 0) {
@@ -1296,7 +1327,6 @@ static struct counter *counter_get(struct mem *m, const char *name)
 void store_mem_counter_add(struct store *s, const char *name, int64_t delta)
 {
 	struct mem *m = s->impl;
-	int64_t now = mem_now(m);
 	struct counter *c;
 
 	if (strnlen(name, STORE_MEM_NAME_MAX) == STORE_MEM_NAME_MAX) {
@@ -1307,16 +1337,17 @@ void store_mem_counter_add(struct store *s, const char *name, int64_t delta)
 		log_error("store: out of memory, counter %s not counted", name);
 		return;
 	}
-	frame_begin(m, 4, OP_COUNTER);
-	pack_i64(m, now);
-	pack_str(m, name);
-	pack_i64(m, delta);
-	if (log_append(m) < 0) {
-		log_error("store: counter %s not persisted, not counted", name);
+	if (m->broken) {
+		log_error("store: disabled, counter %s not counted", name);
 		return;
 	}
 	c->value = sat_add(c->value, delta);
-	maybe_compact(m);
+	c->owed = sat_add(c->owed, delta);
+	if (!c->owed_listed) {
+		c->owed_listed = true;
+		c->next_owed = m->owed;
+		m->owed = c;
+	}
 }
 
 void store_mem_counter_each(struct store *s,

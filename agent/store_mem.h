@@ -5,9 +5,10 @@
  * its files, and the named counters behind the usage metrics. Every
  * operation is applied and its callback called before the function returns.
  *
- * Durability. Every mutation (reservation, settlement, quota change, counter
- * increment) is encoded as a log record when it takes effect in memory; the
- * records of one event-loop iteration reach the append log together, in one
+ * Durability. Every mutation (reservation, settlement, quota change) is
+ * encoded as a log record when it takes effect in memory, and the additions
+ * to a counter as one record per write; the records of one event-loop
+ * iteration reach the append log together, in one
  * write(), when store_mem_flush() runs. The agent calls it from an ev_prepare
  * watcher of the highest priority, before the SPOP and HTTP servers send
  * anything: nothing is acknowledged before its record is in the file, so a

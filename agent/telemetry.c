@@ -128,15 +128,30 @@ void tel_settlement(struct metrics *m, const char *result, const char *source)
 	tgm_settlement(m, r, strcmp(source, "spop") == 0 ? TGM_SRC_SPOP : TGM_SRC_RECORD);
 }
 
-static void persist(struct agent *a, const char *dir, const struct usage_record *u, int64_t n)
+/* The persisted token counters: "tokens|input|<labels>" and
+ * "tokens|output|<labels>", labels formatted once for both. */
+static void persist(struct agent *a, const struct usage_record *u)
 {
-	char name[512];
+	char name[600], *labels;
+	size_t room;
 
-	if (!a->mem || n <= 0)
+	if (!a->mem || (u->in <= 0 && u->out <= 0))
 		return;
-	snprintf(name, sizeof(name), COUNTER_PREFIX "%s|%s|%s|%s|%s", dir, u->route, u->provider,
-	         u->model, u->consumer);
-	store_mem_counter_add(a->mem, name, n);
+	labels = name + sizeof(COUNTER_PREFIX "output") - 1;
+	room = sizeof(name) - (size_t)(labels - name);
+	if ((size_t)snprintf(labels, room, "|%s|%s|%s|%s", u->route, u->provider, u->model,
+	                     u->consumer) >= room)
+		return;                        /* cannot happen: labels are bounded */
+	if (u->in > 0) {
+		char *p = labels - (sizeof(COUNTER_PREFIX "input") - 1);
+
+		memcpy(p, COUNTER_PREFIX "input", sizeof(COUNTER_PREFIX "input") - 1);
+		store_mem_counter_add(a->mem, p, u->in);
+	}
+	if (u->out > 0) {
+		memcpy(name, COUNTER_PREFIX "output", sizeof(COUNTER_PREFIX "output") - 1);
+		store_mem_counter_add(a->mem, name, u->out);
+	}
 }
 
 void tel_usage(struct agent *a, const struct usage_record *u)
@@ -145,8 +160,7 @@ void tel_usage(struct agent *a, const struct usage_record *u)
 	           (uint64_t)u->in);
 	tgm_tokens(a->metrics, TGM_OUTPUT, u->route, u->provider, u->model, u->consumer,
 	           (uint64_t)u->out);
-	persist(a, "input", u, u->in);
-	persist(a, "output", u, u->out);
+	persist(a, u);
 	if (u->reserved >= 0 && u->in + u->out > u->reserved)
 		tgm_overshoot(a->metrics, u->route, (uint64_t)(u->in + u->out - u->reserved));
 	/* The usage line: names and numbers only, never a credential. */

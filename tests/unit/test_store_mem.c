@@ -610,8 +610,9 @@ static void some_operations(struct store *s)
 	CHECK(admit1(s, "live1", -1, 20, false).admitted);          /* stays in flight */
 	CHECK(admit1(s, "spent", -1, 20, false).admitted);
 	CHECK(settle(s, "spent", 5, 6) == STORE_SETTLED);           /* q: 39 */
-	store_mem_counter_add(s, "c1", 42);
+	store_mem_counter_add(s, "c1", 40);
 	store_mem_counter_add(s, "c2", -3);
+	store_mem_counter_add(s, "c1", 2);                          /* summed: one record */
 }
 
 /* A settled rid charges nothing again: known as a duplicate while its
@@ -694,6 +695,16 @@ CASE(persistence_one_write_per_flush)
 	store_mem_stats(s, &st);
 	CHECK(st.log_bytes > before + 200 && file_size(log_path()) == (off_t)st.log_bytes);
 	check_operations(s);
+	/* a counter added to 1000 times between two writes: one record */
+	CHECK(store_mem_flush(s) == 0);
+	store_mem_stats(s, &st);
+	before = st.log_bytes;
+	for (int i = 0; i < 1000; i++)
+		store_mem_counter_add(s, "tokens|input|r|p|m|c", 3);
+	CHECK(store_mem_flush(s) == 0);
+	store_mem_stats(s, &st);
+	CHECK(st.log_bytes > before && st.log_bytes < before + 64);
+	CHECK(counter(s, "tokens|input|r|p|m|c") == 3000);
 	store_close(s);
 	dir_clean();
 }
