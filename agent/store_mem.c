@@ -1018,10 +1018,6 @@ static int log_append(struct mem *m)
 	return 0;
 }
 
-/* Write the unwritten frames: one write(). On failure the file is cut back
- * to where it was (a torn record must never precede a good one) and the
- * frames are kept for the next try; the store gives up (broken) when the
- * cut fails or when too much waits. */
 /* One record per counter added to since the last write, with the sum of
  * its additions: a counter bumped at every request costs a record per loop
  * iteration, not per request. */
@@ -1048,6 +1044,12 @@ static void pack_owed(struct mem *m)
 	}
 }
 
+/* Write the unwritten frames: one write(). On failure the file is cut back
+ * to where it was (a torn record must never precede a good one) and the
+ * frames are kept for the next try; the store gives up (broken: every
+ * operation fails from then on) when the cut fails or when too much waits.
+ * What the failed iteration decided is acknowledged all the same: a full
+ * disk is logged, it does not stop the agent. */
 static int log_flush(struct mem *m)
 {
 	if (m->broken)
