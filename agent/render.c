@@ -292,7 +292,7 @@ static void render_spoe(FILE *f, const struct tg_config *cfg, unsigned long max_
 	        "# The request, body included (option http-buffer-request); a body over\n"
 	        "# the buffer is answered 413 by haproxy.cfg and not sent.\n"
 	        "spoe-message request\n"
-	        "    args method=method path=path query=query hdrs=req.hdrs_bin body=req.body ip=src id=unique-id\n"
+	        "    args method=method path=path query=query hdrs=req.hdrs_bin body=req.body ip=src\n"
 	        "    event on-frontend-http-request unless { req.hdr_val(content-length) gt %lu }\n"
 	        "\n"
 	        "# Non-SSE answers of admitted requests, after wait-for-body\n"

@@ -44,7 +44,7 @@ int req_parse(struct spop_msg *msg, struct req_view *r)
 	struct spop_kv kv;
 
 	memset(r, 0, sizeof(*r));
-	r->method = r->path = r->query = r->body = r->id = (struct spop_str){ "", 0 };
+	r->method = r->path = r->query = r->body = (struct spop_str){ "", 0 };
 	while (spop_next_arg(msg, &kv) == SPOP_OK) {
 		if (str_eq(kv.name, "method"))
 			r->method = data_str(&kv.val);
@@ -54,8 +54,6 @@ int req_parse(struct spop_msg *msg, struct req_view *r)
 			r->query = data_str(&kv.val);
 		else if (str_eq(kv.name, "body"))
 			r->body = data_str(&kv.val);
-		else if (str_eq(kv.name, "id"))
-			r->id = data_str(&kv.val);
 		else if (str_eq(kv.name, "ip") && kv.val.type == SPOP_DATA_IPV4) {
 			r->ip_family = AF_INET;
 			memcpy(r->ip, kv.val.u.ipv4, 4);

@@ -21,7 +21,7 @@ struct req_header {
 };
 
 struct req_view {
-	struct spop_str method, path, query, body, id;
+	struct spop_str method, path, query, body;
 	int ip_family;                  /* 0, AF_INET or AF_INET6 */
 	uint8_t ip[16];
 	struct req_header hdrs[REQ_MAX_HEADERS];

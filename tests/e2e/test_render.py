@@ -107,7 +107,7 @@ def example_renders_and_haproxy_accepts_it():
         assert re.search(r"^spoe-agent tollgate$", spoe, re.M)
         assert "option var-prefix tg" in spoe and "option set-on-error error" in spoe
         assert ("args method=method path=path query=query hdrs=req.hdrs_bin body=req.body "
-                "ip=src id=unique-id") in spoe
+                "ip=src") in spoe
         assert "event on-frontend-http-request" in spoe
         assert ("args rid=var(txn.tg.rid) ctx=var(txn.tg.ctx) status=status body=res.body "
                 "tail=var(txn.tg.tail)") in spoe
