@@ -38,7 +38,7 @@ static int64_t fake_clock(void *arg)
 static void dir_clean(void)
 {
 	static const char *const names[] = { "tollgate.log", "tollgate.snap", "tollgate.snap.tmp",
-	                                     "log.bak" };
+	                                     "tollgate.log.tmp", "tollgate.lock", "log.bak" };
 	char path[128];
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(*names); i++) {
