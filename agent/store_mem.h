@@ -8,24 +8,27 @@
  * Durability. Every mutation (reservation, settlement, quota change) is
  * encoded as a log record when it takes effect in memory, and the additions
  * to a counter as one record per write; the records of one event-loop
- * iteration reach the append log together, in one
- * write(), when store_mem_flush() runs. The agent calls it from an ev_prepare
- * watcher of the highest priority, before the SPOP and HTTP servers send
- * anything: nothing is acknowledged before its record is in the file, so a
- * crash of the process loses nothing that was acknowledged. The log is
- * fdatasync'ed once a second when dirty (Redis's `appendfsync everysec`),
- * on a thread of the store's own: fdatasync takes milliseconds and holds
- * up the loop's own writes to the file meanwhile, so syncing every 100 ms
- * put ~1 ms on 1% of requests. store_mem_sync() syncs at once, on the
- * caller's thread. With store_mem_expire() on a 100 ms timer, a power loss
- * loses at most the last ~1 s of operations (plus one fdatasync in
- * flight). When
- * the log grows past the compaction threshold, and on close, the state is
- * written to a new snapshot (temporary file, fsync, rename, fsync of the
- * directory) and the log restarts empty. Settled rids (kept 5 min, at most
- * STORE_MEM_RETAIN_MAX) only tell a duplicate settlement from an unknown
- * one -- neither charges anything -- so they are not in snapshots: after a
- * restart only those settled since the last snapshot are duplicates.
+ * iteration reach the append log together, in one write(), when
+ * store_mem_flush() runs. The agent calls it from an ev_prepare watcher of
+ * the highest priority, before the SPOP and HTTP servers send anything:
+ * nothing is acknowledged before its record is in the file, so a crash of
+ * the process loses nothing that was acknowledged. The log is fdatasync'ed
+ * once a second when dirty (Redis's `appendfsync everysec`), on a thread of
+ * the store's own: fdatasync takes milliseconds and holds up the loop's own
+ * writes to the file meanwhile, so syncing every 100 ms put ~1 ms on 1% of
+ * requests. store_mem_sync() syncs at once, on the caller's thread. With
+ * store_mem_expire() on a 100 ms timer, a power loss loses at most the last
+ * ~1 s of operations (plus one fdatasync in flight).
+ *
+ * Compaction. When the log grows past the compaction threshold, and on
+ * close, the state is written to a new snapshot (temporary file, fsync,
+ * rename, fsync of the directory) and a new, empty log file is renamed over
+ * the old one (its sync and the old file's release run on the syncer
+ * thread). Settled rids (kept 5 min, at most STORE_MEM_RETAIN_MAX) only
+ * tell a duplicate settlement from an unknown one -- neither charges
+ * anything -- so they are not in snapshots: after a restart only those
+ * settled since the last snapshot are duplicates. The directory is locked
+ * by tollgate.lock (flock): one process per state directory.
  *
  * Time is wall-clock milliseconds (CLOCK_REALTIME by default), so windows and
  * leases mean the same thing after a restart. The store never lets its time
