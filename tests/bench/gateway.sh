@@ -7,13 +7,15 @@
 #              message's arguments, body and headers included, answered by
 #              the agent's tollgate-echo with one variable): the floor that
 #              HAProxy's SPOE sets, before any gateway work
+#   spoe2      the same + a response exchange with the body, as the gateway
+#              does for JSON answers: the floor of the gateway's design
 #   gateway    wrk -> HAProxy (rendered by `tollgate haproxy-config`) + agent:
 #              key-auth, routing, metering, exactly-once settlement
 #   governed   the same + ai-quota and ai-token-ratelimit on the embedded
 #              store (limits high enough that nothing is refused)
 #
 # The upstream is an HAProxy `http-request return` answering a chat
-# completion with usage, in a process of its own, shared by all four. Two
+# completion with usage, in a process of its own, shared by all five. Two
 # loads: CONNS connections flat out (requests/s, and latency under
 # saturation: queueing), then one connection (the latency each request
 # pays). Rounds alternate the setups (this machine is shared); medians are
@@ -125,15 +127,24 @@ gateway governed "    plugins:
         rule_items:
           - limit_by_per_header: x-api-key
             limit_keys: [{ key: '*', token_per_minute: 1000000000 }]"
-# the spoe floor: the gateway's agent answers tollgate-echo
-cat > "$W/spoe.conf" <<EOF
+# The SPOE floors: HAProxy exchanging frames with the gateway's agent and
+# doing nothing else. spoe: the request message (answered by tollgate-echo);
+# spoe2: plus a response message with the body after wait-for-body, as the
+# gateway sends (the agent ACKs an unknown message with no action; a failed
+# exchange turns into 502, so it cannot pass for a fast one).
+# spoe_floor <name> <port> <2 for the response exchange too>
+spoe_floor() {
+	cat > "$W/$1.conf" <<EOF
 [tollgate]
 spoe-agent tollgate
     messages tollgate-echo
+$( [ "$3" = 2 ] && echo "    groups resp" )
     option var-prefix tg
+    option set-on-error err
     option pipelining
     no option async
     no option send-frag-payload
+    option dontlog-normal
     timeout hello 2s
     timeout idle 30s
     timeout processing 1s
@@ -142,7 +153,13 @@ spoe-message tollgate-echo
     args ok=int(1) method=method path=path query=query hdrs=req.hdrs_bin body=req.body ip=src
     event on-frontend-http-request
 EOF
-cat > "$W/spoe.cfg" <<EOF
+	[ "$3" = 2 ] && cat >> "$W/$1.conf" <<EOF
+spoe-message resp-echo
+    args status=status body=res.body
+spoe-group resp
+    messages resp-echo
+EOF
+	cat > "$W/$1.cfg" <<EOF
 global
     maxconn 4096
     tune.bufsize 65536
@@ -151,11 +168,14 @@ defaults
     timeout connect 5s
     timeout client 30s
     timeout server 30s
-frontend spoe
-    bind 127.0.0.1:$SPOE
+frontend $1
+    bind 127.0.0.1:$2
     option http-buffer-request
-    filter spoe engine tollgate config $W/spoe.conf
+    filter spoe engine tollgate config $W/$1.conf
     http-request return status 503 if !{ var(txn.tg.ok) -m found }
+$( [ "$3" = 2 ] && printf '%s\n' "    http-response wait-for-body time 30s" \
+	"    http-response send-spoe-group tollgate resp" \
+	"    http-response set-status 502 if { var(txn.tg.err) -m found }" )
     default_backend up
 backend up
     server u 127.0.0.1:$UP
@@ -165,9 +185,14 @@ backend agents
     timeout server 30s
     server agent 127.0.0.1:$SPOP_gateway
 EOF
-haproxy -f "$W/spoe.cfg" -db >"$W/spoe.log" 2>&1 &
-PIDS="$PIDS $!"; PID_spoe=$!; AGENT_spoe=$AGENT_gateway
-wait_port "$UP"; wait_port "$ALONE"; wait_port "$SPOE"
+	haproxy -f "$W/$1.cfg" -db >"$W/$1.log" 2>&1 &
+	PIDS="$PIDS $!"
+	eval "PID_$1=$! AGENT_$1=$AGENT_gateway PORT_$1=$2"
+}
+SPOE2=$(port)
+spoe_floor spoe "$SPOE" 1
+spoe_floor spoe2 "$SPOE2" 2
+wait_port "$UP"; wait_port "$ALONE"; wait_port "$SPOE"; wait_port "$SPOE2"
 curl -sf "http://127.0.0.1:$PORT_governed/v1/chat/completions/quota/refresh" \
 	-H 'x-api-key: admin-key' -H 'x-higress-llm-model: bench-1' \
 	-d 'consumer=bench&quota=1000000000000' >/dev/null
@@ -202,8 +227,8 @@ run() {
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 col() { cut -d' ' -f"$2" "$W/$1" | median; }
 
-PORT_alone=$ALONE; PORT_spoe=$SPOE
-SETUPS="alone spoe gateway governed"
+PORT_alone=$ALONE
+SETUPS="alone spoe spoe2 gateway governed"
 for r in $(seq 1 "$ROUNDS"); do
 	for s in $SETUPS; do
 		run "$s" "$CONNS" >> "$W/$s.sat"
@@ -224,14 +249,16 @@ printf '\none connection (the latency a request pays)\n\n| setup | p50 µs | p99
 for s in $SETUPS; do
 	eval "printf '| %s | %s | %s |\n' $s \$ONE50_$s \$ONE99_$s"
 done
-awk -v a="$RPS_alone" -v f="$RPS_spoe" -v g="$RPS_gateway" -v v="$RPS_governed" \
+awk -v a="$RPS_alone" -v f="$RPS_spoe" -v f2="$RPS_spoe2" -v g="$RPS_gateway" -v v="$RPS_governed" \
     -v pa="$P99_alone" -v pg="$P99_gateway" -v oa="$ONE99_alone" -v og="$ONE99_gateway" \
     -v c="$CONNS" 'BEGIN {
 	printf "\nspoe / alone = %.2fx (HAProxy with one SPOE exchange per request, no gateway work)\n", f/a
+	printf "spoe2 / alone = %.2fx (two exchanges, request and response, as the gateway: its floor)\n", f2/a
 	printf "gateway / alone = %.2fx (target >= 0.6x): %s\n", g/a, (g/a >= 0.6 ? "PASS" : "MISS")
 	printf "governed / gateway = %.2fx (target >= 0.8x): %s\n", v/g, (v/g >= 0.8 ? "PASS" : "MISS")
 	printf "p99 added by the gateway, one connection = %d us (target <= 1000 us): %s\n", og-oa, (og-oa <= 1000 ? "PASS" : "MISS")
 	printf "p99 added by the gateway, %d connections flat out = %d us (queueing: see requests/s)\n", c, pg-pa
 }'
 # every request was answered 200: a silent failure is never a fast run
-[ "$BAD_gateway" -eq 0 ] && [ "$BAD_governed" -eq 0 ] && [ "$BAD_alone" -eq 0 ] && [ "$BAD_spoe" -eq 0 ]
+[ "$BAD_gateway" -eq 0 ] && [ "$BAD_governed" -eq 0 ] && [ "$BAD_alone" -eq 0 ] && [ "$BAD_spoe" -eq 0 ] &&
+	[ "$BAD_spoe2" -eq 0 ]
