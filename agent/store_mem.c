@@ -311,7 +311,8 @@ struct syncer {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool started, want, stop, sync_dir;
-	int fd, close_fd;
+	int fd;
+	int close_fd[4];           /* old logs to close, -1 when free */
 	const char *path, *dir;
 };
 
@@ -322,8 +323,8 @@ struct mem {
 	int log_fd, lock_fd;
 	uint64_t gen, log_bytes;
 	size_t compact_bytes, compact_at, retain_max;
-	bool dirty, broken;
-	int64_t synced_mono;
+	bool dirty, broken, flushing;
+	int64_t synced_mono, retry_mono;
 	int64_t (*clock)(void *);
 	void *clock_arg;
 	int64_t now;                      /* store time: never goes back */
@@ -929,19 +930,25 @@ static void *syncer_main(void *arg)
 
 	pthread_mutex_lock(&y->mu);
 	for (;;) {
-		int fd, close_fd;
-		bool want, dir;
+		int fd, close_fd[4];
+		bool want, dir, closing = false;
 
-		while (!y->want && y->close_fd < 0 && !y->stop)
+		for (unsigned i = 0; i < 4; i++)
+			closing |= y->close_fd[i] >= 0;
+		while (!y->want && !closing && !y->stop)
 			pthread_cond_wait(&y->cv, &y->mu);
-		if (!y->want && y->close_fd < 0)
+		for (unsigned i = 0; i < 4; i++)
+			closing |= y->close_fd[i] >= 0;
+		if (!y->want && !closing)
 			break;
-		fd = y->fd, close_fd = y->close_fd, want = y->want, dir = y->sync_dir;
+		fd = y->fd, want = y->want, dir = y->sync_dir;
+		memcpy(close_fd, y->close_fd, sizeof(close_fd));
+		memset(y->close_fd, -1, sizeof(y->close_fd));
 		y->want = y->sync_dir = false;
-		y->close_fd = -1;
 		pthread_mutex_unlock(&y->mu);
-		if (close_fd >= 0)
-			close(close_fd);
+		for (unsigned i = 0; i < 4; i++)
+			if (close_fd[i] >= 0)
+				close(close_fd[i]);
 		if (want && fdatasync(fd) < 0)
 			log_error("store: fdatasync %s: %s", y->path, strerror(errno));
 		if (dir)
@@ -957,7 +964,8 @@ static int syncer_start(struct mem *m)
 	struct syncer *y = &m->sync;
 
 	y->fd = m->log_fd;
-	y->close_fd = -1;
+	y->want = y->stop = y->sync_dir = false;
+	memset(y->close_fd, -1, sizeof(y->close_fd));
 	y->path = m->log_path;
 	y->dir = m->dir;
 	if (pthread_mutex_init(&y->mu, NULL) != 0)
@@ -1025,7 +1033,7 @@ static int log_append(struct mem *m)
 		m->sb.size = m->frame_off;
 		return -1;
 	}
-	if (m->sb.size >= FLUSH_BYTES)
+	if (m->sb.size >= FLUSH_BYTES && !m->flushing && mono_ms() >= m->retry_mono)
 		log_flush(m);
 	return 0;
 }
@@ -1066,11 +1074,14 @@ static int log_flush(struct mem *m)
 {
 	if (m->broken)
 		return -1;
+	m->flushing = true;          /* pack_owed's appends do not write */
 	pack_owed(m);
+	m->flushing = false;
 	if (!m->sb.size)
 		return 0;
 	if (write_all(m->log_fd, m->sb.data, m->sb.size) < 0) {
 		log_error("store: write %s: %s", m->log_path, strerror(errno));
+		m->retry_mono = mono_ms() + 100;
 		if (ftruncate(m->log_fd, (off_t)m->log_bytes) < 0 || m->sb.size >= PENDING_MAX) {
 			log_error("store: %s cannot take what is owed, store disabled", m->log_path);
 			m->broken = true;
@@ -1099,6 +1110,8 @@ static int log_reset(struct mem *m, uint64_t gen)
 	pack_write(m, log_magic, MAGIC_LEN);
 	pack_meta(m, gen);
 	fd = open(m->log_tmp_path, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		(void)flock(fd, LOCK_EX | LOCK_NB);   /* keeps out versions that lock the log */
 	if (fd < 0 || frame_end(m) < 0 || write_all(fd, m->sb.data, m->sb.size) < 0 ||
 	    rename(m->log_tmp_path, m->log_path) < 0) {
 		int e = errno;
@@ -1116,14 +1129,23 @@ static int log_reset(struct mem *m, uint64_t gen)
 	m->dirty = false;
 	m->synced_mono = mono_ms();
 	if (m->sync.started) {
+		unsigned i = 0;
+
 		pthread_mutex_lock(&m->sync.mu);
 		m->sync.fd = fd;
-		if (m->sync.close_fd >= 0)   /* an older one not closed yet: now */
-			close(m->sync.close_fd);
-		m->sync.close_fd = old;
+		while (i < 4 && m->sync.close_fd[i] >= 0)
+			i++;
+		if (i < 4)
+			m->sync.close_fd[i] = old;
 		m->sync.want = m->sync.sync_dir = true;
 		pthread_cond_signal(&m->sync.cv);
 		pthread_mutex_unlock(&m->sync.mu);
+		if (i == 4) {   /* four resets the thread has not caught up with: wait for it */
+			syncer_stop(m);
+			close(old);
+			if (syncer_start(m) < 0)
+				log_warn("store: no sync thread: the log is synced on the event loop");
+		}
 	} else {
 		close(old);
 		if (fdatasync(fd) < 0)
@@ -1275,8 +1297,12 @@ static void mem_settle(void *impl, const char *rid, int64_t in, int64_t out,
 	}
 	for (unsigned i = 0; i < r->n; i++)
 		amount[i] = settle_amount(in, out, r->part[i].w_in, r->part[i].w_out);
+	if (!(d = done_new(rid))) {            /* before the frame: none is left half-built */
+		cb(STORE_ERROR, arg);
+		return;
+	}
 	pack_settle(m, now, r, amount);
-	if (!(d = done_new(rid)) || log_append(m) < 0) {
+	if (log_append(m) < 0) {
 		free(d);
 		cb(STORE_ERROR, arg);
 		return;
@@ -1530,7 +1556,7 @@ int store_mem_compact(struct store *s, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: store disabled after a write error", m->log_path);
 		return -1;
 	}
-	if (log_flush(m) < 0) {
+	if (log_flush(m) < 0 || m->owed) {   /* owed: the snapshot would count it twice */
 		snprintf(err, errlen, "%s: cannot write the log", m->log_path);
 		return -1;
 	}
@@ -2178,6 +2204,11 @@ static int log_open(struct mem *m, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: %s", m->log_path, strerror(errno));
 		return -1;
 	}
+	if (flock(m->log_fd, LOCK_EX | LOCK_NB) < 0) {   /* an older version holds it */
+		snprintf(err, errlen, "%s: %s", m->log_path, errno == EWOULDBLOCK ?
+		         "state directory in use by another process" : strerror(errno));
+		return -1;
+	}
 	return 0;
 }
 
@@ -2246,8 +2277,11 @@ int store_mem_flush(struct store *s)
 
 void store_mem_sync(struct store *s)
 {
-	log_flush(s->impl);
-	log_sync_mode(s->impl, true);
+	struct mem *m = s->impl;
+
+	log_flush(m);
+	m->dirty = true;   /* log_flush may have handed a sync to the thread: do it now */
+	log_sync_mode(m, true);
 }
 
 void store_mem_expire(struct store *s)
