@@ -215,10 +215,12 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 		conn_flush(srv->dirty);
 }
 
+/* Writable again: the write happens in flush_cb, after the store has logged
+ * what this loop iteration decided (main.c), never before. */
 static void wio_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	(void)loop; (void)revents;
-	conn_flush(w->data);
+	dirty_add(w->data);
 }
 
 /* ---- transactions (one NOTIFY each) -------------------------------- */
