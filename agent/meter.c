@@ -60,20 +60,37 @@ static int64_t estimate_value(const cJSON *v, int depth)
 	return n;
 }
 
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* Does an object name a member twice? Parsers disagree on which one wins
  * (cJSON: the first; Python and most providers: the last), so a body with
  * {"model":"cheap","model":"dear"} could be routed and charged as one model
- * and served as the other. */
+ * and served as the other. Sorted names, O(n log n): a body of 10^4 keys
+ * must not hold the event loop. Out of memory: treated as ambiguous. */
 static bool has_duplicate_key(const cJSON *o)
 {
-	const cJSON *a, *b;
+	const cJSON *it;
+	const char **names;
+	size_t n = 0;
+	bool dup = false;
 
-	cJSON_ArrayForEach(a, o) {
-		for (b = a->next; b; b = b->next)
-			if (a->string && b->string && strcmp(a->string, b->string) == 0)
-				return true;
-	}
-	return false;
+	cJSON_ArrayForEach(it, o)
+		n++;
+	if (n < 2)
+		return false;
+	if (!(names = malloc(n * sizeof(*names))))
+		return true;
+	n = 0;
+	cJSON_ArrayForEach(it, o)
+		names[n++] = it->string ? it->string : "";
+	qsort(names, n, sizeof(*names), cmp_names);
+	for (size_t i = 1; i < n && !dup; i++)
+		dup = strcmp(names[i - 1], names[i]) == 0;
+	free(names);
+	return dup;
 }
 
 void meter_parse_request(const char *body, size_t len, struct llm_request *r)
