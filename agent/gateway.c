@@ -114,9 +114,11 @@ static bool needs_observer(const struct pending *p)
 {
 	const struct tg_config *cfg = p->rt->cfg;
 
+	if (p->lr.stream || p->body_new)
+		return true;    /* metered or not: http-no-delay for SSE, the body swap */
 	if (!p->rid[0])
 		return false;
-	if (p->lr.stream || p->body_new || !p->chat_path || p->lr.max_tokens < 0)
+	if (!p->chat_path || p->lr.max_tokens < 0)
 		return true;
 	return (unsigned long)p->lr.max_tokens * 6 + 4096 >= config_max_body(cfg);
 }

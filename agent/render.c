@@ -518,7 +518,7 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 	        "    http-response set-log-level silent if { var(txn.tg.settled) -m int 1 }\n",
 	        ms(h->timeouts.server), max_body);
 	if (h->on_agent_error == TG_FAIL_OPEN && cfg->n_providers)
-		fprintf(f, "    default_backend prov_%s\n", cfg->providers[0].name);
+		fprintf(f, "    default_backend prov_%s_obs\n", cfg->providers[0].name);   /* http-no-delay for streams */
 	fputc('\n', f);
 }
 
