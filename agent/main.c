@@ -211,6 +211,11 @@ static void stop(struct agent *a)
 {
 	ev_timer_stop(a->loop, &a->tick);
 	ev_prepare_stop(a->loop, &a->flush);
+	/* Redis first: calls still pending are answered (as errors) while the
+	 * SPOP transactions they hold still exist. */
+	if (a->store && a->store != a->mem)
+		a->store->ops->free(a->store->impl);
+	a->store = a->mem;
 	spop_server_free(a->spop);
 	settle_server_free(a->settle);
 	if (a->mock)
@@ -218,8 +223,6 @@ static void stop(struct agent *a)
 	if (a->http)
 		http_server_free(a->http);
 	tel_free(a);
-	if (a->store && a->store != a->mem)
-		a->store->ops->free(a->store->impl);
 	if (a->local)
 		a->local->ops->free(a->local->impl);
 	if (a->mem)

@@ -112,10 +112,11 @@ static void settled(enum store_settle_rc rc, void *arg)
 {
 	struct settling *s = arg;
 	static const char *const names[] = { "settled", "duplicate", "late", "unknown" };
-	const char *result = rc >= 0 && rc <= STORE_UNKNOWN ? names[rc] : "error";
+	const char *result = rc == STORE_QUEUED ? "settled" :
+	                     rc >= 0 && rc <= STORE_UNKNOWN ? names[rc] : "error";
 
 	tel_settlement(s->a->metrics, result, s->source);
-	if (rc == STORE_SETTLED || rc == STORE_LATE) {
+	if (rc == STORE_SETTLED || rc == STORE_LATE || rc == STORE_QUEUED) {
 		struct usage_record u = {
 			.rid = s->rid, .route = s->c.route, .provider = s->c.provider,
 			.model = s->c.model, .consumer = s->c.consumer, .source = s->source,
@@ -128,9 +129,11 @@ static void settled(enum store_settle_rc rc, void *arg)
 		log_warn("settle %s: store error; the settlement record or the lease decides", s->rid);
 	}
 	/* settled=1 tells HAProxy the record would change nothing: it is not
-	 * emitted (set-log-level silent). Only after the store said so. */
+	 * emitted (set-log-level silent). Only once the store has it: not after
+	 * an error, nor when Redis is away and the settlement only waits in this
+	 * process (the record, buffered by HAProxy's ring, is then the backup). */
 	if (s->tx) {
-		if (rc != STORE_ERROR && !tx_abandoned(s->tx))
+		if (rc != STORE_ERROR && rc != STORE_QUEUED && !tx_abandoned(s->tx))
 			tx_set_int(s->tx, "settled", 1);
 		tx_release(s->tx);
 	}

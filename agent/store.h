@@ -67,6 +67,8 @@ enum store_settle_rc {
 	STORE_DUPLICATE = 1,      /* already settled: nothing changed */
 	STORE_LATE = 2,           /* lease expired before settlement: usage still charged */
 	STORE_UNKNOWN = 3,        /* no such reservation */
+	STORE_QUEUED = 4,         /* the store is away: kept in this process, applied when it
+	                             is back (a crash before then loses it) */
 	STORE_ERROR = -1,
 };
 

@@ -1115,7 +1115,7 @@ static void answer_failure(struct call *c, enum fail_kind why)
 		admit_fallback(s, c->req, c->cb.admit, c->arg);
 		break;
 	case CALL_SETTLE:
-		c->cb.settle(queue_settle(s, c->rid, c->in, c->out) == 0 ? STORE_SETTLED
+		c->cb.settle(queue_settle(s, c->rid, c->in, c->out) == 0 ? STORE_QUEUED
 		                                                          : STORE_ERROR, c->arg);
 		break;
 	case CALL_QGET:
@@ -1497,7 +1497,7 @@ static void redis_settle(void *impl, const char *rid, int64_t in, int64_t out,
 	if (!usable(s) || !(c = call_new(s, CALL_SETTLE, arg))) {
 		if (!usable(s))
 			reject(s);
-		cb(queue_settle(s, rid, in, out) == 0 ? STORE_SETTLED : STORE_ERROR, arg);
+		cb(queue_settle(s, rid, in, out) == 0 ? STORE_QUEUED : STORE_ERROR, arg);
 		return;
 	}
 	c->cb.settle = cb;

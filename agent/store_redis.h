@@ -83,7 +83,7 @@
  *   closed  res.err = -1 (the caller answers 503) -- counted
  * Settlements of local admissions go to the local store. A settlement of a
  * Redis reservation that fails is queued (bounded: STORE_REDIS_QUEUE_MAX)
- * and answered STORE_SETTLED: the queue is replayed, in order, once Redis is
+ * and answered STORE_QUEUED: the queue is replayed, in order, once Redis is
  * back (settlement is idempotent, so replaying one that did reach Redis is a
  * no-op). Quota admin operations never go local: they answer err -1 while
  * Redis is unavailable.
