@@ -47,30 +47,30 @@ wait_port() {
 	echo "port $1 never opened" >&2; return 1
 }
 
+# start_haproxy <name> [global line...] < proxies: $W/<name>.cfg is the
+# shared global and defaults sections, then the proxies read from stdin;
+# HAProxy starts on it and PID_<name> is its pid.
+start_haproxy() {
+	name=$1; shift
+	{
+		printf 'global\n    maxconn 4096\n'
+		for line in "$@"; do printf '    %s\n' "$line"; done
+		printf 'defaults\n    mode http\n    timeout connect 5s\n'
+		printf '    timeout client 30s\n    timeout server 30s\n'
+		cat
+	} > "$W/$name.cfg"
+	haproxy -f "$W/$name.cfg" -db >"$W/$name.log" 2>&1 &
+	PIDS="$PIDS $!"
+	eval "PID_$name=$!"
+}
+
 UP=$(port); ALONE=$(port); SPOE=$(port)
-cat > "$W/upstream.cfg" <<EOF
-global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
+start_haproxy upstream <<EOF
 frontend upstream
     bind 127.0.0.1:$UP
     http-request return status 200 content-type application/json string "{\"id\":\"b\",\"object\":\"chat.completion\",\"model\":\"bench-1\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1,\"total_tokens\":10}}"
 EOF
-haproxy -f "$W/upstream.cfg" -db >"$W/upstream.log" 2>&1 &
-PIDS="$PIDS $!"
-
-cat > "$W/alone.cfg" <<EOF
-global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
+start_haproxy alone <<EOF
 frontend alone
     bind 127.0.0.1:$ALONE
     option http-buffer-request
@@ -78,8 +78,6 @@ frontend alone
 backend up
     server u 127.0.0.1:$UP
 EOF
-haproxy -f "$W/alone.cfg" -db >"$W/alone.log" 2>&1 &
-PIDS="$PIDS $!"; PID_alone=$!
 
 # gateway <name> <plugins yaml>: render and start one HAProxy + agent pair
 gateway() {
@@ -159,15 +157,7 @@ spoe-message resp-echo
 spoe-group resp
     messages resp-echo
 EOF
-	cat > "$W/$1.cfg" <<EOF
-global
-    maxconn 4096
-    tune.bufsize 65536
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
+	start_haproxy "$1" "tune.bufsize 65536" <<EOF
 frontend $1
     bind 127.0.0.1:$2
     option http-buffer-request
@@ -185,9 +175,7 @@ backend agents
     timeout server 30s
     server agent 127.0.0.1:$SPOP_gateway
 EOF
-	haproxy -f "$W/$1.cfg" -db >"$W/$1.log" 2>&1 &
-	PIDS="$PIDS $!"
-	eval "PID_$1=$! AGENT_$1=$AGENT_gateway PORT_$1=$2"
+	eval "AGENT_$1=$AGENT_gateway PORT_$1=$2"
 }
 SPOE2=$(port)
 spoe_floor spoe "$SPOE" 1
