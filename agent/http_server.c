@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "http_server.h"
+#include "list.h"
 #include "log.h"
 #include "net.h"
 
@@ -204,30 +205,18 @@ static const char *date_header(struct http_server *srv)
 
 static void dirty_add(struct http_conn *c)
 {
-	struct http_server *srv = c->srv;
-
 	if (c->dirty)
 		return;
 	c->dirty = true;
-	c->dprev = NULL;
-	c->dnext = srv->dirty;
-	if (srv->dirty)
-		srv->dirty->dprev = c;
-	srv->dirty = c;
+	LIST_PUSH_AT(c->srv->dirty, c, dprev, dnext);
 }
 
 static void dirty_del(struct http_conn *c)
 {
 	if (!c->dirty)
 		return;
-	if (c->dprev)
-		c->dprev->dnext = c->dnext;
-	else
-		c->srv->dirty = c->dnext;
-	if (c->dnext)
-		c->dnext->dprev = c->dprev;
+	LIST_DEL_AT(c->srv->dirty, c, dprev, dnext);
 	c->dirty = false;
-	c->dprev = c->dnext = NULL;
 }
 
 /* ---- output buffer -------------------------------------------------- */
@@ -1163,10 +1152,7 @@ static void conn_new(struct http_server *srv, int fd, const struct sockaddr_stor
 	ev_io_init(&c->wio, wio_cb, fd, EV_WRITE);
 	ev_timer_init(&c->timer, timer_cb, 0, 0);
 	c->rio.data = c->wio.data = c->timer.data = c;
-	c->next = srv->conns;
-	if (srv->conns)
-		srv->conns->prev = c;
-	srv->conns = c;
+	LIST_PUSH(srv->conns, c);
 	srv->nconns++;
 	srv->stats.conns_accepted++;
 	srv->stats.conns_active++;
@@ -1179,12 +1165,7 @@ static void conn_close(struct http_conn *c)
 	struct http_req *req = c->req;
 
 	dirty_del(c);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		srv->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	LIST_DEL(srv->conns, c);
 	ev_io_stop(srv->loop, &c->rio);
 	ev_io_stop(srv->loop, &c->wio);
 	ev_timer_stop(srv->loop, &c->timer);

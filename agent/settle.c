@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "list.h"
 #include "log.h"
 #include "meter.h"
 #include "net.h"
@@ -318,12 +319,7 @@ static void conn_close(struct settle_conn *c)
 
 	ev_io_stop(srv->a->loop, &c->rio);
 	close(c->fd);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		srv->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
+	LIST_DEL(srv->conns, c);
 	free(c);
 }
 
@@ -363,11 +359,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 		c->srv = srv;
 		c->fd = fd;
 		c->len = 0;
-		c->prev = NULL;
-		c->next = srv->conns;
-		if (srv->conns)
-			srv->conns->prev = c;
-		srv->conns = c;
+		LIST_PUSH(srv->conns, c);
 		ev_io_init(&c->rio, read_cb, fd, EV_READ);
 		c->rio.data = c;
 		ev_io_start(loop, &c->rio);

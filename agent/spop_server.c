@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "list.h"
 #include "log.h"
 #include "net.h"
 #include "spop_server.h"
@@ -103,38 +104,13 @@ static void conn_disconnect(struct conn *c, enum spop_status st, const char *msg
 static void conn_arm_timer(struct conn *c);
 static void drain_check(struct spop_server *srv);
 
-/* ---- intrusive lists ------------------------------------------------ */
-
-#define LIST_PUSH(head, e) do {                                        \
-		(e)->prev = NULL;                                      \
-		(e)->next = (head);                                    \
-		if (head)                                              \
-			(head)->prev = (e);                            \
-		(head) = (e);                                          \
-	} while (0)
-#define LIST_DEL(head, e) do {                                         \
-		if ((e)->prev)                                         \
-			(e)->prev->next = (e)->next;                   \
-		else                                                   \
-			(head) = (e)->next;                            \
-		if ((e)->next)                                         \
-			(e)->next->prev = (e)->prev;                   \
-		(e)->prev = (e)->next = NULL;                          \
-	} while (0)
-
 /* ---- output --------------------------------------------------------- */
 
 static void dirty_del(struct conn *c)
 {
 	if (!c->dirty)
 		return;
-	if (c->dprev)
-		c->dprev->dnext = c->dnext;
-	else
-		c->srv->dirty = c->dnext;
-	if (c->dnext)
-		c->dnext->dprev = c->dprev;
-	c->dprev = c->dnext = NULL;
+	LIST_DEL_AT(c->srv->dirty, c, dprev, dnext);
 	c->dirty = false;
 }
 
@@ -143,11 +119,7 @@ static void dirty_add(struct conn *c)
 	if (c->dirty)
 		return;
 	c->dirty = true;
-	c->dprev = NULL;
-	c->dnext = c->srv->dirty;
-	if (c->dnext)
-		c->dnext->dprev = c;
-	c->srv->dirty = c;
+	LIST_PUSH_AT(c->srv->dirty, c, dprev, dnext);
 }
 
 /* Write what can be written now. May close (and free) the connection: call
