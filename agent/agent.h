@@ -25,7 +25,7 @@ struct mock_provider;
 struct metrics;
 struct store;
 struct auth_table;
-struct settle_server;
+struct ring_reader;
 
 struct runtime {
 	struct tg_config *cfg;
@@ -47,7 +47,7 @@ struct agent {
 	struct store *mem;          /* the embedded store: counters (and budgets without Redis) */
 	struct store *local;        /* Redis's stand-in while it is sick (failure_mode local) */
 	struct tg_store_cfg redis_cfg; /* Redis reached through a plugin's service */
-	struct settle_server *settle;
+	struct ring_reader *settle;     /* HAProxy's settlement records (agent.settle) */
 	char rid_prefix[20];        /* random per process: reservation ids never repeat */
 	uint64_t rid_seq;
 	ev_signal sigterm, sigint, sighup;

@@ -111,6 +111,10 @@ struct tg_haproxy_cfg {
 	                            closed, default 503 (400..599) */
 	enum tg_failure_mode on_agent_error; /* YAML on_agent_error: closed (default) | open */
 	char *stats_socket;      /* optional admin socket path, NULL if unset */
+	char *settle_bind;       /* where HAProxy's CLI for the agent's settlement reader
+	                            binds; NULL: agent.settle (docker: "0.0.0.0:12346") */
+	char *user, *group;      /* HAProxy drops privileges to these; NULL if unset */
+	char *chroot;            /* HAProxy's jail ("auto": 3.4+ only); NULL if unset */
 	char *spoe_backend_addr; /* where HAProxy reaches the agent; default derived from
 	                            agent.listen (NULL here means "derive") */
 	struct tg_haproxy_timeouts timeouts;

@@ -628,7 +628,7 @@ static void parse_haproxy(struct loader *L, const struct cy_node *m)
 	static const char *const keys[] = {
 		"listen", "tls_listen", "tls_cert", "bufsize", "maxconn", "nbthread",
 		"failure_status", "on_agent_error", "stats_socket", "agent_address", "timeouts",
-		NULL };
+		"settle_bind", "user", "group", "chroot", NULL };
 	static const char *const tkeys[] = {
 		"connect", "client", "server", "http_request", "queue", "spoe_processing",
 		"spoe_hello", "spoe_idle", NULL };
@@ -659,6 +659,14 @@ static void parse_haproxy(struct loader *L, const struct cy_node *m)
 	h->on_agent_error = opt_enum(L, m, "on_agent_error", onerr, 0) ? TG_FAIL_OPEN
 	                                                                : TG_FAIL_CLOSED;
 	h->stats_socket = opt_str_ne(L, m, "stats_socket", NULL);
+	h->settle_bind = opt_str_ne(L, m, "settle_bind", NULL);
+	if (h->settle_bind)
+		check_listener(L, get(m, "settle_bind"), h->settle_bind);
+	h->user = opt_str_ne(L, m, "user", NULL);
+	h->group = opt_str_ne(L, m, "group", NULL);
+	h->chroot = opt_str_ne(L, m, "chroot", NULL);
+	if (h->chroot && h->chroot[0] != '/' && strcmp(h->chroot, "auto") != 0)
+		failn(L, get(m, "chroot"), "an absolute path, or \"auto\" (HAProxy 3.4+)");
 	h->spoe_backend_addr = opt_str_ne(L, m, "agent_address", NULL);
 	if (h->spoe_backend_addr)
 		check_listener(L, get(m, "agent_address"), h->spoe_backend_addr);

@@ -25,6 +25,7 @@
 #include "mock_provider.h"
 #include "quota_admin.h"
 #include "render.h"
+#include "ring_reader.h"
 #include "settle.h"
 #include "spop_server.h"
 #include "store_mem.h"
@@ -189,7 +190,7 @@ static int start(struct agent *a, char *err, size_t errlen)
 		a->mock = mock_provider_new(a->http);
 	}
 	if (cfg->agent.settle) {
-		a->settle = settle_server_new(a, cfg->agent.settle, err, errlen);
+		a->settle = ring_reader_new(a, cfg->agent.settle, err, errlen);
 		if (!a->settle)
 			return -1;
 	}
@@ -217,7 +218,7 @@ static void stop(struct agent *a)
 		a->store->ops->free(a->store->impl);
 	a->store = a->mem;
 	spop_server_free(a->spop);
-	settle_server_free(a->settle);
+	ring_reader_free(a->settle);
 	if (a->mock)
 		mock_provider_free(a->mock);
 	if (a->http)

@@ -5,8 +5,9 @@
  *   - global: buffer size (request bodies are buffered whole for the agent),
  *     lua-load-per-thread (2.6.12 crashes with lua-load + threads + a Lua
  *     filter), the 3.1+ Lua boolean conversion under `.if`;
- *   - the ring `tollgate_settle`, forwarded over TCP with octet counting to
- *     agent.settle: one settlement record per transaction;
+ *   - the ring `tollgate_settle` (one settlement record per transaction) and
+ *     the stats socket at agent.settle the agent reads it through (operator
+ *     level); user, group and chroot when the YAML asks for them;
  *   - the gateway frontend: SPOE + Lua filters, 413 above the buffer, the
  *     failure policy for a missing verdict, one `http-request return` per
  *     status the agent can answer (2.6 needs a literal status), credential
@@ -34,6 +35,7 @@
 
 #include "config.h"
 #include "render.h"
+#include "ring_reader.h"
 
 /* ------------------------------------------------------------ the Lua file */
 
@@ -255,6 +257,32 @@ static int connect_addr(const char *addr, char *out, size_t outlen)
 	return connect_addr_via(addr, NULL, out, outlen);
 }
 
+/* agent.settle (or haproxy.settle_bind) as a `stats socket` address:
+ * "unix@/path", "ipv4@a.b.c.d:port", "ipv6@addr:port", or "host:port". */
+static int cli_bind_addr(const char *addr, char *out, size_t outlen)
+{
+	const char *colon = strrchr(addr, ':');
+	int n;
+
+	if (!strncmp(addr, "unix:", 5) || addr[0] == '/' || !strncmp(addr, "unix@", 5))
+		return connect_addr_via(addr, NULL, out, outlen);
+	if (!valid_word(addr) || !colon || !colon[1])
+		return -1;
+	if (colon == addr || !strncmp(addr, "*:", 2))
+		n = snprintf(out, outlen, "ipv4@0.0.0.0%s", colon);
+	else if (addr[0] == '[') {
+		const char *rb = strchr(addr, ']');
+
+		if (!rb || rb[1] != ':')
+			return -1;
+		n = snprintf(out, outlen, "ipv6@%.*s%s", (int)(rb - addr - 1), addr + 1, rb + 1);
+	} else if (strspn(addr, "0123456789.") == (size_t)(colon - addr))
+		n = snprintf(out, outlen, "ipv4@%s", addr);
+	else
+		n = snprintf(out, outlen, "%s", addr);
+	return n > 0 && (size_t)n < outlen ? 0 : -1;
+}
+
 /* ------------------------------------------------------------- spoe.conf */
 
 static void render_spoe(FILE *f, const struct tg_config *cfg, unsigned long max_body)
@@ -315,7 +343,8 @@ static const char *JSON_NO_VERDICT =
 	"{\"error\":{\"message\":\"Token governance is unavailable, the request was not admitted\","
 	"\"type\":\"server_error\",\"code\":\"gateway_unavailable\"}}";
 
-static void render_global(FILE *f, const struct tg_config *cfg, const char *lua_path)
+static void render_global(FILE *f, const struct tg_config *cfg, const char *lua_path,
+                          const char *settle_bind)
 {
 	const struct tg_haproxy_cfg *h = &cfg->haproxy;
 
@@ -343,24 +372,38 @@ static void render_global(FILE *f, const struct tg_config *cfg, const char *lua_
 	        h->bufsize, lua_path);
 	if (h->stats_socket)
 		fprintf(f, "    stats socket %s mode 600 level admin\n", h->stats_socket);
+	if (settle_bind)
+		fprintf(f,
+		        "    # the agent reads the settlement ring here (show events, operator\n"
+		        "    # level); a worker's session must outlive its longest stream: an\n"
+		        "    # old worker's records are read until it exits (2.6 and 2.8 close\n"
+		        "    # idle CLI sessions after the stats timeout)\n"
+		        "    stats socket %s%s level operator\n"
+		        "    stats timeout 1h\n",
+		        settle_bind, strncmp(settle_bind, "unix@", 5) ? "" : " mode 660");
+	if (h->chroot)
+		fprintf(f, "    chroot %s\n", h->chroot);
+	if (h->user)
+		fprintf(f, "    user %s\n", h->user);
+	if (h->group)
+		fprintf(f, "    group %s\n", h->group);
 	fputc('\n', f);
 }
 
-static void render_ring(FILE *f, const char *settle_addr)
+/* The ring keeps each record until it is overwritten, whoever reads it: the
+ * agent reads it over the CLI (agent/ring_reader.c explains why not a TCP
+ * forwarder), and replays it whole at each connection. */
+static void render_ring(FILE *f)
 {
 	fprintf(f,
-	        "# Settlement records (doc/gateway.md), lossless under load and buffered\n"
-	        "# while the agent is away; the agent settles once per reservation id.\n"
-	        "ring tollgate_settle\n"
+	        "# Settlement records (doc/gateway.md): the agent reads this ring over\n"
+	        "# the stats socket above and settles once per reservation id.\n"
+	        "ring " RING_READER_RING "\n"
 	        "    description \"Tollgate settlement records\"\n"
 	        "    format raw\n"
 	        "    maxlen 2048\n"
 	        "    size 4194304\n"
-	        "    timeout connect 2s\n"
-	        "    timeout server 30s\n"
-	        "    server tollgate_agent %s log-proto octet-count\n"
-	        "\n",
-	        settle_addr);
+	        "\n");
 }
 
 static void render_returns(FILE *f, const struct statuses *st)
@@ -730,7 +773,7 @@ static int write_file(const char *dir, const char *name, const char *data, size_
 int render_haproxy(const struct tg_config *cfg, const char *outdir, char *err, size_t errlen)
 {
 	char dir[PATH_MAX], lua_path[PATH_MAX + 32], spoe_path[PATH_MAX + 32];
-	char agent_addr[512], settle_addr[512];
+	char agent_addr[512], settle_bind[512];
 	char *cfgtxt = NULL, *spoetxt = NULL;
 	size_t cfglen = 0, spoelen = 0, lualen;
 	const char *lua = render_lua_source(&lualen);
@@ -757,12 +800,11 @@ int render_haproxy(const struct tg_config *cfg, const char *outdir, char *err, s
 		return -1;
 	}
 	if (cfg->agent.settle) {
-		char hostbuf[256];
+		const char *b = cfg->haproxy.settle_bind ? cfg->haproxy.settle_bind : cfg->agent.settle;
 
-		if (connect_addr_via(cfg->agent.settle, agent_host(cfg, hostbuf, sizeof(hostbuf)),
-		                     settle_addr, sizeof(settle_addr)) != 0 ||
-		    !strncmp(settle_addr, "unix@", 5)) {
-			fail(err, errlen, "agent.settle: a TCP address is needed (\"%s\")", cfg->agent.settle);
+		if (cli_bind_addr(b, settle_bind, sizeof(settle_bind)) != 0) {
+			fail(err, errlen, "%s: not usable as HAProxy's stats socket (\"%s\")",
+			     cfg->haproxy.settle_bind ? "haproxy.settle_bind" : "agent.settle", b);
 			return -1;
 		}
 		settle = true;
@@ -802,9 +844,9 @@ int render_haproxy(const struct tg_config *cfg, const char *outdir, char *err, s
 	f = open_memstream(&cfgtxt, &cfglen);
 	if (!f)
 		goto oom;
-	render_global(f, cfg, lua_path);
+	render_global(f, cfg, lua_path, settle ? settle_bind : NULL);
 	if (settle)
-		render_ring(f, settle_addr);
+		render_ring(f);
 	render_frontend(f, cfg, spoe_path, &st, max_body, settle);
 	if (render_backends(f, cfg, agent_addr, max_body, err, errlen) != 0) {
 		fclose(f);

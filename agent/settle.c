@@ -6,9 +6,9 @@
  *     read from the body, or from the Lua filter's tail of a body larger
  *     than the buffer;
  *   - the settlement record, one log line per transaction written by
- *     HAProxy at its very end into a ring forwarded over TCP to
- *     agent.settle (octet-counted syslog framing, RFC 6587): for streams,
- *     aborts and anything the SPOP message missed.
+ *     HAProxy at its very end into its ring `tollgate_settle`, which
+ *     ring_reader.c reads: for streams, aborts and anything the SPOP
+ *     message missed.
  * The store settles once per rid (a second settlement is a no-op), so the
  * two sources never double count. Without usage from the provider the
  * charge is an estimate: the prompt estimate plus the output seen (4 bytes
@@ -19,21 +19,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "agent.h"
-#include "list.h"
 #include "log.h"
 #include "meter.h"
-#include "net.h"
 #include "request.h"
 #include "settle.h"
 #include "store.h"
 #include "telemetry.h"
 
 #define RECORD_MAX      8192
-#define SETTLE_CONN_BUF (64 * 1024)
 
 struct settling {
 	struct agent *a;
@@ -44,23 +39,6 @@ struct settling {
 	int status;
 	int64_t in, out;
 	bool estimated;
-};
-
-struct settle_conn {
-	struct settle_server *srv;
-	int fd;
-	ev_io rio;
-	size_t len;
-	struct settle_conn *prev, *next;
-	char buf[SETTLE_CONN_BUF];
-};
-
-struct settle_server {
-	struct agent *a;
-	int fd;
-	ev_io lw;
-	struct settle_conn *conns;
-	uint64_t records, malformed;
 };
 
 /* ---- the context variable ------------------------------------------- */
@@ -269,133 +247,6 @@ int settle_record(struct agent *a, const char *line, size_t len)
 		       r.status >= 400 ? 0 : r.seen_chars >= 0 ? r.seen_chars :
 		       (r.bytes > 0 && !r.c.stream ? r.bytes : 0));
 	return 1;
-}
-
-/* Octet-counted frames ("LEN SP MSG", RFC 6587 3.4.1), or LF-terminated
- * lines when a frame does not start with a digit. Returns bytes consumed. */
-static size_t parse_frames(struct settle_server *srv, char *buf, size_t len)
-{
-	size_t off = 0;
-
-	while (off < len) {
-		char *p = buf + off, *sp, *nl;
-		size_t avail = len - off, mlen;
-
-		if (*p >= '1' && *p <= '9') {
-			sp = memchr(p, ' ', avail < 12 ? avail : 12);
-			if (!sp)
-				return avail < 12 ? off : len;      /* garbage: drop it all */
-			mlen = strtoul(p, NULL, 10);
-			if (mlen > RECORD_MAX * 4) {
-				srv->malformed++;
-				return len;
-			}
-			if ((size_t)(sp + 1 - p) + mlen > avail)
-				return off;
-			if (settle_record(srv->a, sp + 1, mlen) < 0)
-				srv->malformed++;
-			else
-				srv->records++;
-			off += (size_t)(sp + 1 - p) + mlen;
-		} else {
-			nl = memchr(p, '\n', avail);
-			if (!nl)
-				return avail >= RECORD_MAX ? len : off;
-			if (nl > p) {
-				if (settle_record(srv->a, p, (size_t)(nl - p)) < 0)
-					srv->malformed++;
-				else
-					srv->records++;
-			}
-			off += (size_t)(nl - p) + 1;
-		}
-	}
-	return off;
-}
-
-static void conn_close(struct settle_conn *c)
-{
-	struct settle_server *srv = c->srv;
-
-	ev_io_stop(srv->a->loop, &c->rio);
-	close(c->fd);
-	LIST_DEL(srv->conns, c);
-	free(c);
-}
-
-static void read_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-	struct settle_conn *c = w->data;
-	ssize_t n;
-	size_t used;
-
-	(void)loop; (void)revents;
-	n = recv(c->fd, c->buf + c->len, sizeof(c->buf) - c->len, 0);
-	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-		conn_close(c);
-		return;
-	}
-	if (n < 0)
-		return;
-	c->len += (size_t)n;
-	used = parse_frames(c->srv, c->buf, c->len);
-	memmove(c->buf, c->buf + used, c->len - used);
-	c->len -= used;
-}
-
-static void accept_cb(struct ev_loop *loop, ev_io *w, int revents)
-{
-	struct settle_server *srv = w->data;
-	int fd;
-
-	(void)revents;
-	while ((fd = accept4(srv->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-		struct settle_conn *c = malloc(sizeof(*c));
-
-		if (!c) {
-			close(fd);
-			continue;
-		}
-		c->srv = srv;
-		c->fd = fd;
-		c->len = 0;
-		LIST_PUSH(srv->conns, c);
-		ev_io_init(&c->rio, read_cb, fd, EV_READ);
-		c->rio.data = c;
-		ev_io_start(loop, &c->rio);
-	}
-}
-
-struct settle_server *settle_server_new(struct agent *a, const char *addr, char *err,
-                                        size_t errlen)
-{
-	struct settle_server *srv = calloc(1, sizeof(*srv));
-
-	if (!srv) {
-		snprintf(err, errlen, "out of memory");
-		return NULL;
-	}
-	srv->a = a;
-	srv->fd = net_listen(addr, false, err, errlen);
-	if (srv->fd < 0) {
-		free(srv);
-		return NULL;
-	}
-	ev_io_init(&srv->lw, accept_cb, srv->fd, EV_READ);
-	srv->lw.data = srv;
-	ev_io_start(a->loop, &srv->lw);
-	return srv;
-}
-
-void settle_server_free(struct settle_server *srv)
-{
-	if (!srv)
-		return;
-	while (srv->conns)
-		conn_close(srv->conns);
-	ev_io_stop(srv->a->loop, &srv->lw);
-	close(srv->fd);
-	free(srv);
 }
 
 void settle_register(struct spop_server *spop, struct agent *a)

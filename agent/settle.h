@@ -9,14 +9,9 @@
 #include "spop_server.h"
 
 struct agent;
-struct settle_server;
 
 /* The `response` SPOP message. */
 void settle_register(struct spop_server *spop, struct agent *a);
-/* The TCP listener for HAProxy's settlement records (agent.settle). */
-struct settle_server *settle_server_new(struct agent *a, const char *addr, char *err,
-                                        size_t errlen);
-void settle_server_free(struct settle_server *srv);
 /* The settlement context (var txn.tg.ctx, doc/gateway.md), parsed. */
 struct settle_ctx {
 	char route[96], provider[96], model[160], consumer[96];

@@ -33,7 +33,6 @@ Gateway (returned)
   .wait_metric(name, value, labels, timeout)   poll until the sum == value
   .usage_lines() -> the agent's "usage {...}" log lines, parsed
   .restart_agent()                             SIGTERM, start again, wait
-  .send_record(line)                           one settlement record, by hand
 
 Helpers: sse_stream(port, path, body, headers, ...) reads an SSE answer over a
 raw socket with the arrival time of every byte block; replay_upstream()
@@ -44,7 +43,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import time
 
 import harness as H
@@ -190,13 +188,6 @@ class Gateway:
                     pass
         return out
 
-    def send_record(self, message, timeout=5.0):
-        """One settlement record to agent.settle, octet-counted as HAProxy's
-        ring sends it."""
-        data = message.encode()
-        with socket.create_connection(("127.0.0.1", self.settle_port), timeout=timeout) as s:
-            s.sendall(b"%d %s" % (len(data), data))
-
     # -- processes -------------------------------------------------------
 
     def agent_ready(self):
@@ -217,49 +208,65 @@ class Gateway:
                           "HAProxy getting verdicts from the agent again")
 
 
-def _fill(env, cfg):
+def _fill(env, cfg, name=""):
+    """A deep copy of cfg with free ports, sockets and a state_dir of its own
+    (prefixed with NAME- when several gateways share an env). As root, HAProxy
+    runs as the packaged service runs it: chroot, user and group haproxy
+    (3.4 warns when root keeps neither)."""
+    pre = name + "-" if name else ""
     cfg = json.loads(json.dumps(cfg))
     hp = cfg.setdefault("haproxy", {})
     hp.setdefault("listen", "127.0.0.1:%d" % H.free_port())
-    hp.setdefault("stats_socket", env.path("haproxy.sock"))
+    hp.setdefault("stats_socket", env.path(pre + "haproxy.sock"))
+    if os.geteuid() == 0 and H.haproxy_user():
+        jail = env.path(pre + "jail")
+        os.makedirs(jail, mode=0o755, exist_ok=True)
+        hp.setdefault("chroot", jail)
+        hp.setdefault("user", H.haproxy_user())
+        hp.setdefault("group", H.haproxy_user())
     a = cfg.setdefault("agent", {})
     a.setdefault("listen", "127.0.0.1:%d" % H.free_port())
     a.setdefault("http", "127.0.0.1:%d" % H.free_port())
     a.setdefault("settle", "127.0.0.1:%d" % H.free_port())
-    a.setdefault("state_dir", env.path("agent-state"))
+    a.setdefault("state_dir", env.path(pre + "agent-state"))
     os.makedirs(a["state_dir"], exist_ok=True)
     return cfg
 
 
-def render(env, cfg, out_dir):
+def render(env, cfg, out_dir, name=""):
     """tollgate check + tollgate haproxy-config; returns the YAML path."""
-    cfg_path = env.write("tollgate.yaml", H.to_yaml(cfg))
+    pre = name + "-" if name else ""
+    cfg_path = env.write(pre + "tollgate.yaml", H.to_yaml(cfg))
     binary = H.agent_binary()
-    env.run("tollgate-check", [binary, "check", "--config", cfg_path])
-    env.run("tollgate-render", [binary, "haproxy-config", "--config", cfg_path,
-                                "--out", out_dir])
+    env.run(pre + "tollgate-check", [binary, "check", "--config", cfg_path])
+    env.run(pre + "tollgate-render", [binary, "haproxy-config", "--config", cfg_path,
+                                      "--out", out_dir])
     for f in ("haproxy.cfg", "spoe.conf", "tollgate.lua"):
         assert os.path.isfile(os.path.join(out_dir, f)), "haproxy-config did not write %s" % f
     return cfg_path
 
 
-def start_gateway(env, cfg, zero_warning=True, timeout=15.0):
-    """Render, check, start the agent and HAProxy; returns a Gateway."""
-    cfg = _fill(env, cfg)
-    out_dir = env.path("rendered")
+def start_gateway(env, cfg, zero_warning=True, timeout=15.0, name=""):
+    """Render, check, start the agent and HAProxy; returns a Gateway. With
+    NAME, its files and processes are NAME-*. HAProxy must start without a
+    warning, as `haproxy -c -dW` must accept the configuration."""
+    pre = name + "-" if name else ""
+    cfg = _fill(env, cfg, name)
+    out_dir = env.path(pre + "rendered")
     os.makedirs(out_dir, exist_ok=True)
-    cfg_path = render(env, cfg, out_dir)
+    cfg_path = render(env, cfg, out_dir, name)
     gw = Gateway(env, cfg, cfg_path, out_dir)
+    gw.name = name
     hcfg = os.path.join(out_dir, "haproxy.cfg")
-    argv = [H.HAPROXY, "-c", "-f", hcfg] + (["-dW"] if zero_warning else [])
-    r = subprocess.run(argv, cwd=out_dir, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, "haproxy -c refused the rendered configuration:\n%s%s" % (
-        r.stdout, r.stderr)
-    gw.agent = env.start("agent", [H.agent_binary(), "--config", cfg_path], cwd=H.REPO,
+    env.haproxy_check(hcfg, zero_warning)
+    gw.agent = env.start(pre + "agent", [H.agent_binary(), "--config", cfg_path], cwd=H.REPO,
                          wait_tcp=[H.parse_listen(cfg["agent"]["listen"])[0], gw.http_port],
                          timeout=timeout)
-    gw.haproxy = env.start("haproxy", [H.HAPROXY, "-f", hcfg, "-db"], cwd=out_dir,
+    gw.haproxy = env.start(pre + "haproxy", [H.HAPROXY, "-f", hcfg, "-db"], cwd=out_dir,
                            wait_tcp=gw.port, timeout=timeout)
+    if zero_warning:
+        warned = [l for l in gw.haproxy.stderr().split("\n") if "[WARNING]" in l]
+        assert not warned, "HAProxy warned at start:\n" + "\n".join(warned)
     return gw
 
 

@@ -15,7 +15,7 @@ token-governance tests (test_governance.py, test_faults.py).
         pairs[0].post("/v1/chat/completions", body, dict(hdrs, **{"x-api-key": K}))
 
 A pair is a gateway.Gateway (same client helpers: post, metrics, tokens,
-quota, send_record, ...), started exactly as gateway.start_gateway() does it
+quota, ...), started exactly as gateway.start_gateway() does it
 (`tollgate check`, `tollgate haproxy-config`, `haproxy -c -dW`, then the
 agent and `haproxy -f`), except that every pair has its own name, ports,
 rendered directory, stats socket and state_dir, so N of them run in one Env
@@ -32,7 +32,6 @@ x-mock-completion-tokens is chosen so both are equal.
 """
 import json
 import os
-import subprocess
 import threading
 import time
 
@@ -44,54 +43,13 @@ CHAT = "/v1/chat/completions"
 
 # --------------------------------------------------------------- pairs
 
-def fill_pair(env, cfg, name):
-    """A deep copy of cfg with this pair's ports, socket and state_dir."""
-    cfg = json.loads(json.dumps(cfg))
-    hp = cfg.setdefault("haproxy", {})
-    hp["listen"] = "127.0.0.1:%d" % H.free_port()
-    hp["stats_socket"] = env.path("%s-haproxy.sock" % name)
-    hp.setdefault("failure_status", 503)
-    a = cfg.setdefault("agent", {})
-    a["listen"] = "127.0.0.1:%d" % H.free_port()
-    a["http"] = "127.0.0.1:%d" % H.free_port()
-    a["settle"] = "127.0.0.1:%d" % H.free_port()
-    a["state_dir"] = env.path("%s-state" % name)
-    os.makedirs(a["state_dir"], exist_ok=True)
-    return cfg
-
-
-def render_pair(env, cfg, name):
-    """tollgate check + haproxy-config into NAME-rendered/; (yaml, out_dir)."""
-    cfg_path = env.write("%s.yaml" % name, H.to_yaml(cfg))
-    out_dir = env.path("%s-rendered" % name)
-    os.makedirs(out_dir, exist_ok=True)
-    binary = H.agent_binary()
-    env.run("%s-check" % name, [binary, "check", "--config", cfg_path])
-    env.run("%s-render" % name, [binary, "haproxy-config", "--config", cfg_path,
-                                 "--out", out_dir])
-    for f in ("haproxy.cfg", "spoe.conf", "tollgate.lua"):
-        assert os.path.isfile(os.path.join(out_dir, f)), "haproxy-config did not write %s" % f
-    return cfg_path, out_dir
-
-
 def start_pair(env, cfg, name="p0", zero_warning=True, timeout=15.0):
-    """One tollgate agent + one haproxy from cfg (ports filled in); a
-    gateway.Gateway whose processes are NAME-agent and NAME-haproxy."""
-    cfg = fill_pair(env, cfg, name)
-    cfg_path, out_dir = render_pair(env, cfg, name)
-    gw = G.Gateway(env, cfg, cfg_path, out_dir)
-    gw.name = name
-    hcfg = os.path.join(out_dir, "haproxy.cfg")
-    argv = [H.HAPROXY, "-c", "-f", hcfg] + (["-dW"] if zero_warning else [])
-    r = subprocess.run(argv, cwd=out_dir, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, "haproxy -c refused the rendered configuration:\n%s%s" % (
-        r.stdout, r.stderr)
-    gw.agent = env.start("%s-agent" % name, [H.agent_binary(), "--config", cfg_path],
-                         cwd=H.REPO, wait_tcp=[H.parse_listen(cfg["agent"]["listen"])[0],
-                                               gw.http_port], timeout=timeout)
-    gw.haproxy = env.start("%s-haproxy" % name, [H.HAPROXY, "-f", hcfg, "-db"], cwd=out_dir,
-                           wait_tcp=gw.port, timeout=timeout)
-    return gw
+    """One tollgate agent + one haproxy from cfg (gateway.start_gateway, with
+    failure_status 503 unless cfg says otherwise); its files and processes
+    are NAME-*."""
+    cfg = json.loads(json.dumps(cfg))
+    cfg.setdefault("haproxy", {}).setdefault("failure_status", 503)
+    return G.start_gateway(env, cfg, zero_warning, timeout, name)
 
 
 def start_pairs(env, cfg, n, prefix="p", **kw):

@@ -56,9 +56,11 @@ connection: use `option dontlognull` to keep them out of haproxy's log.
 """
 import atexit
 import ctypes
+import grp
 import http.client
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -83,6 +85,17 @@ def build_dir():
 def agent_binary():
     """Path of the tollgate binary under build_dir()."""
     return os.path.join(build_dir(), "tollgate")
+
+
+def haproxy_user():
+    """"haproxy" when that user exists (Debian's haproxy package makes it):
+    the user a root-started HAProxy drops to in these tests; else None."""
+    try:
+        pwd.getpwnam("haproxy")
+        grp.getgrnam("haproxy")
+        return "haproxy"
+    except KeyError:
+        return None
 
 
 def _log(msg):

@@ -1,14 +1,15 @@
-"""test_lua_filter.py -- haproxy/tollgate.lua inside a real HAProxy 2.6.
+"""test_lua_filter.py -- haproxy/tollgate.lua inside a real HAProxy (any version).
 
 No agent here: the variables the agent would set (txn.tg.rid, ctx,
 hide_usage, body_new, body_len) are set by `http-request set-var` rules from
 test headers. Upstreams: tests/e2e/mock_upstream.py (a process) and a scripted
 upstream in this file that writes exact bytes in exact HTTP chunks with delays
 (events split anywhere, CRLF, garbage). The settlement records (doc/gateway.md
-"Settlement record") leave HAProxy through `log ring@tollgate_settle` and a
-ring forwarded over TCP with octet counting to a receiver in this file, which
-proves the record format and shows the final variables (SSE headers leave
-before the body, so response headers cannot carry them).
+"Settlement record") leave HAProxy through `log ring@tollgate_settle`; a
+reader in this file follows the ring on HAProxy's CLI as the agent does
+(`show events tollgate_settle -w`), which proves the record format and shows
+the final variables (SSE headers leave before the body, so response headers
+cannot carry them).
 
 What it proves:
   - SSE passes byte-exact (client bytes == upstream bytes) when hide_usage is
@@ -49,6 +50,9 @@ RECORD_RE = re.compile(r"^tg1 (\S+) (\S+) (\S+) (\d{3}) (\S\S) (-|\d+) (-|\d+) (
 HAPROXY_CFG = """\
 global
     log stderr format raw local0 warning
+.if version_atleast(3.1)
+    tune.lua.bool-sample-conversion normal
+.endif
     lua-load-per-thread {lua}
     nbthread 2
     stats socket {sock} mode 600 level admin
@@ -57,9 +61,6 @@ ring tollgate_settle
     format raw
     maxlen 16384
     size 1048576
-    timeout connect 2s
-    timeout server 10s
-    server settle 127.0.0.1:{settle} log-proto octet-count
 
 defaults
     mode http
@@ -117,56 +118,35 @@ backend scripted
 
 
 # --------------------------------------------------------------------------
-# The settlement receiver: octet-counted syslog over TCP (RFC 6587 3.4.1)
+# The settlement ring, followed on HAProxy's CLI
 
 class SettleReceiver:
-    def __init__(self):
-        self.port = H.free_port()
+    """The settlement ring read as the agent reads it (agent/ring_reader.c):
+    `show events tollgate_settle -w` on HAProxy's CLI, one record a line."""
+    def __init__(self, sock_path):
         self.lock = threading.Lock()
         self.messages = []
-        self.raw_frames = 0
-        self.errors = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.listen(16)
         self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sock_path)
+        self.sock.sendall(b"show events tollgate_settle -w\n")
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def _accept(self):
-        while not self.closed:
+    def _read(self):
+        buf = b""
+        while True:
             try:
-                c, _ = self.sock.accept()
+                b = self.sock.recv(65536)
             except OSError:
                 return
-            threading.Thread(target=self._conn, args=(c,), daemon=True).start()
-
-    def _conn(self, c):
-        buf = b""
-        with c:
-            while True:
-                try:
-                    b = c.recv(65536)
-                except OSError:
-                    return
-                if not b:
-                    return
-                buf += b
-                while True:
-                    sp = buf.find(b" ")
-                    if sp < 0:
-                        break
-                    if not buf[:sp].isdigit():
-                        self.errors.append("bad frame prefix %r" % buf[:40])
-                        return
-                    n = int(buf[:sp])
-                    if len(buf) < sp + 1 + n:
-                        break
-                    msg = buf[sp + 1:sp + 1 + n].decode("utf-8", "replace")
-                    buf = buf[sp + 1 + n:]
-                    with self.lock:
-                        self.raw_frames += 1
-                        self.messages.append(msg)
+            if not b:
+                return
+            buf += b
+            *lines, buf = buf.split(b"\n")
+            with self.lock:
+                for line in lines:
+                    if line:
+                        self.messages.append(line.decode("utf-8", "replace"))
 
     def records(self):
         with self.lock:
@@ -356,15 +336,15 @@ class Stack:
     def __init__(self, env):
         self.env = env
         self.mock = env.mock_upstream()
-        self.settle = SettleReceiver()
         self.scripted = ScriptedUpstream()
         self.fe = env.free_port()
         self.fe_tail = env.free_port()
         self.sock = env.path("haproxy.sock")
         self.haproxy = env.haproxy(HAPROXY_CFG.format(
-            lua=LUA, sock=self.sock, settle=self.settle.port, fe=self.fe,
+            lua=LUA, sock=self.sock, fe=self.fe,
             fe_tail=self.fe_tail, record=RECORD_FMT, mock=self.mock.port,
             scripted=self.scripted.port), wait_ports=[self.fe, self.fe_tail])
+        self.settle = SettleReceiver(self.sock)
 
     def close(self):
         self.settle.close()
@@ -764,8 +744,7 @@ def concurrent_streams_each_get_their_record(st):
 
 
 @case
-def records_are_complete_octet_counted_frames(st):
-    assert st.settle.errors == [], st.settle.errors
+def records_are_complete_lines(st):
     recs = [m for m in st.settle.records() if m.startswith("tg1 ")]
     assert recs, "no records"
     for m in recs:

@@ -115,7 +115,9 @@ def example_renders_and_haproxy_accepts_it():
         assert ('log-format "tg1 %ID %[var(txn.tg.rid)] %[var(txn.tg.ctx)] %ST %ts '
                 '%[var(txn.tg.u_in)] %[var(txn.tg.u_out)] %[var(txn.tg.seen_chars)] %B"') in cfg
         assert "log ring@tollgate_settle" in cfg
-        assert re.search(r"server tollgate_agent 127\.0\.0\.1:12346 log-proto octet-count", cfg)
+        assert "stats socket ipv4@127.0.0.1:12346 level operator" in cfg
+        assert re.search(r"^ring tollgate_settle\n(    .*\n)*?    size \d+\n\n", cfg, re.M)
+        assert "log-proto" not in cfg, "the ring has no TCP forwarder"
         # version guards (DESIGN.md "HAProxy 3.x")
         assert re.search(r"\.if version_atleast\(3\.1\)\n    tune\.lua\.bool-sample-conversion "
                          r"normal\n\.endif\n(.*\n)*?    lua-load-per-thread", cfg)
