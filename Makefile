@@ -5,6 +5,7 @@
 #   make asan       the same suite under AddressSanitizer + UBSan (build-asan/)
 #   make fuzz       longer fuzzing: SPOP codec, body parsers (the suite fuzzes briefly)
 #   make bench      benchmarks (SPOP load generator, HAProxy +/- agent)
+#   make compat     conformance + e2e against every HAProxy (HAPROXY_VERSIONS)
 #   make demo       HAProxy + agent + mock provider, ready for the seed's curls
 
 CC       ?= cc
@@ -22,7 +23,7 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HDRS      := $(wildcard spoe/*.h agent/*.h tests/unit/*.h)
 
-.PHONY: all test asan fuzz bench demo clean
+.PHONY: all test asan fuzz bench demo compat clean
 all: $(BUILD)/tollgate $(BUILD)/libspop.a $(UNIT_BIN) $(BUILD)/spop-load
 
 $(BUILD)/%.o: %.c $(HDRS)
@@ -52,6 +53,9 @@ $(BUILD)/spop-load: tests/bench/spop-load.c
 
 test: all
 	BUILD=$(BUILD) tests/run.sh
+
+compat: all
+	BUILD=$(BUILD) tests/compat.sh
 
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test
