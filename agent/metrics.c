@@ -596,6 +596,12 @@ static int declare_product(struct metrics *m)
 		  "Requests decided by the failure policy instead of a verdict.", NULL },
 		{ TGM_SPOP_CONNECTIONS, "tollgate_spop_connections", METRIC_GAUGE,
 		  "SPOP connections open.", NULL },
+		{ TGM_RING_SESSIONS, "tollgate_settle_ring_sessions", METRIC_GAUGE,
+		  "HAProxy workers whose settlement ring the agent is reading (0: records wait).",
+		  NULL },
+		{ TGM_RING_LINES, "tollgate_settle_ring_lines_total", METRIC_COUNTER,
+		  "Lines read from HAProxy's settlement ring (replays included), by kind.",
+		  L("kind") },
 		{ TGM_BUILD_INFO, "tollgate_build_info", METRIC_GAUGE,
 		  "Always 1; the version is a label.", L("version") },
 	};
@@ -615,6 +621,9 @@ static int declare_product(struct metrics *m)
 		for (size_t s = 0; s < NB(settle_source_names); s++)
 			metrics_series(m, TGM_SETTLEMENTS, L(settle_result_names[r],
 			                                     settle_source_names[s]));
+	metrics_series(m, TGM_RING_LINES, L("record"));
+	metrics_series(m, TGM_RING_LINES, L("other"));
+	metrics_set(m, TGM_RING_SESSIONS, NULL, 0);
 	metrics_set(m, TGM_BUILD_INFO, L(TOLLGATE_VERSION), 1);
 	return 0;
 }
@@ -832,6 +841,16 @@ void tgm_overshoot(struct metrics *m, const char *rule, uint64_t tokens)
 void tgm_unverdicted(struct metrics *m)
 {
 	metrics_add(m, TGM_UNVERDICTED, NULL, 1);
+}
+
+void tgm_ring_sessions(struct metrics *m, unsigned n)
+{
+	metrics_set(m, TGM_RING_SESSIONS, NULL, n);
+}
+
+void tgm_ring_line(struct metrics *m, bool record)
+{
+	metrics_add(m, TGM_RING_LINES, L(record ? "record" : "other"), 1);
 }
 
 /* ---- HTTP ----------------------------------------------------------- */

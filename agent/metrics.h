@@ -51,6 +51,8 @@ enum tgm_family {
 	TGM_OVERSHOOT_TOKENS,   /* tollgate_overshoot_tokens_total [rule] */
 	TGM_UNVERDICTED,        /* tollgate_unverdicted_total (failure-policy decisions) */
 	TGM_SPOP_CONNECTIONS,   /* tollgate_spop_connections, gauge (active) */
+	TGM_RING_SESSIONS,      /* tollgate_settle_ring_sessions, gauge */
+	TGM_RING_LINES,         /* tollgate_settle_ring_lines_total [kind=record|other] */
 	TGM_BUILD_INFO,         /* tollgate_build_info [version], gauge = 1 */
 	TGM__COUNT
 };
@@ -137,5 +139,9 @@ void tgm_store_error(struct metrics *m);
 void tgm_store_breaker(struct metrics *m, bool open);
 void tgm_overshoot(struct metrics *m, const char *rule, uint64_t tokens);
 void tgm_unverdicted(struct metrics *m);
+/* The settlement ring (ring_reader.c): sessions reading records now; lines
+ * read, records or not (HAProxy's notices, CLI refusals). */
+void tgm_ring_sessions(struct metrics *m, unsigned n);
+void tgm_ring_line(struct metrics *m, bool record);
 
 #endif

@@ -558,7 +558,16 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 	        "    acl tg_full var(txn.tollgate_blen) -m int ge %lu\n"
 	        "    http-response send-spoe-group tollgate response if tg_metered !tg_sse !tg_cut !tg_full\n"
 	        "    # settled there (the store said so): the record would change nothing\n"
-	        "    http-response set-log-level silent if { var(txn.tg.settled) -m int 1 }\n",
+	        "    http-response set-log-level silent if { var(txn.tg.settled) -m int 1 }\n"
+	        "    # not settled there (the agent away or restarting, a store error): the\n"
+	        "    # record carries the body's usage, so the next agent settles it exactly\n"
+	        "    acl tg_settled var(txn.tg.settled) -m int 1\n"
+	        "    acl tg_u_in var(txn.tg.u_in) -m found\n"
+	        "    acl tg_u_out var(txn.tg.u_out) -m found\n"
+	        "    http-response set-var(txn.tg.u_in) res.body,json_query('$.usage.prompt_tokens','int') if tg_metered !tg_sse !tg_cut !tg_full !tg_settled\n"
+	        "    http-response set-var(txn.tg.u_in) res.body,json_query('$.usage.input_tokens','int') if tg_metered !tg_sse !tg_cut !tg_full !tg_settled !tg_u_in\n"
+	        "    http-response set-var(txn.tg.u_out) res.body,json_query('$.usage.completion_tokens','int') if tg_metered !tg_sse !tg_cut !tg_full !tg_settled\n"
+	        "    http-response set-var(txn.tg.u_out) res.body,json_query('$.usage.output_tokens','int') if tg_metered !tg_sse !tg_cut !tg_full !tg_settled !tg_u_out\n",
 	        ms(h->timeouts.server), max_body);
 	if (h->on_agent_error == TG_FAIL_OPEN && cfg->n_providers)
 		fprintf(f, "    default_backend prov_%s_obs\n", cfg->providers[0].name);   /* http-no-delay for streams */
@@ -656,7 +665,9 @@ static int render_backends(FILE *f, const struct tg_config *cfg, const char *age
 	        "    timeout connect %lums\n"
 	        "    timeout server %lums\n"
 	        "    option spop-check\n"
-	        "    server agent %s check inter 2s\n",
+	        "    # a restarting agent is back within a check: down after two failed\n"
+	        "    # checks, up after one good one, retried every 250 ms while down\n"
+	        "    server agent %s check inter 2s downinter 250ms fall 2 rise 1\n",
 	        ms(h->timeouts.connect < 1 ? h->timeouts.connect : 1.0),
 	        ms(h->timeouts.spoe_idle > 180 ? h->timeouts.spoe_idle : 180), agent_addr);
 	return 0;

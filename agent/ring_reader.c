@@ -36,6 +36,7 @@
 #include "agent.h"
 #include "list.h"
 #include "log.h"
+#include "metrics.h"
 #include "net.h"
 #include "ring_reader.h"
 #include "settle.h"
@@ -69,7 +70,7 @@ struct ring_reader {
 	struct rr_sess *probing;
 	bool warned_connect;
 	bool warned_line;          /* one warning for foreign lines until a record parses */
-	uint64_t records, malformed;
+	unsigned reading;          /* sessions past show info: reading records */
 };
 
 static void sess_free(struct rr_sess *s)
@@ -78,6 +79,8 @@ static void sess_free(struct rr_sess *s)
 
 	ev_io_stop(rr->a->loop, &s->io);
 	close(s->fd);
+	if (!s->probe && s->events)
+		tgm_ring_sessions(rr->a->metrics, --rr->reading);
 	if (rr->cur == s)
 		rr->cur = NULL;
 	if (rr->probing == s)
@@ -136,6 +139,8 @@ static void on_line(struct rr_sess *s, char *line, size_t len)
 	if (!s->events) {
 		if (len == 0) {                 /* the end of show info's section */
 			s->events = true;
+			if (!s->probe)
+				tgm_ring_sessions(rr->a->metrics, ++rr->reading);
 			return;
 		}
 		if (len > 5 && !memcmp(line, "Pid: ", 5))
@@ -144,17 +149,14 @@ static void on_line(struct rr_sess *s, char *line, size_t len)
 	}
 	if (len == 0)
 		return;
-	if (len > 4 && !memcmp(line, "tg1 ", 4)) {
-		if (settle_record(rr->a, line, len) < 0) {
-			rr->malformed++;
-		} else {
-			rr->records++;
-			rr->warned_line = false;
-		}
+	if (len > 4 && !memcmp(line, "tg1 ", 4) && settle_record(rr->a, line, len) >= 0) {
+		tgm_ring_line(rr->a->metrics, true);
+		rr->warned_line = false;
 		return;
 	}
+	tgm_ring_line(rr->a->metrics, false);
 	/* not a record: HAProxy's own notices in the ring ("Proxy ... stopped"),
-	 * or the CLI refusing the command (level, unknown ring) */
+	 * the CLI refusing the command (level, unknown ring), a malformed one */
 	if (!rr->warned_line) {
 		rr->warned_line = true;
 		log_warn("settlement ring %s on %s: \"%.*s\"", rr->ring, rr->addr,
@@ -249,7 +251,7 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 		off = (size_t)(nl - s->buf) + 1;
 	}
 	if (off == 0 && s->len == sizeof(s->buf)) {  /* no record is this long */
-		rr->malformed++;
+		tgm_ring_line(rr->a->metrics, false);
 		s->len = 0;
 		return;
 	}
@@ -334,8 +336,6 @@ void ring_reader_free(struct ring_reader *rr)
 {
 	if (!rr)
 		return;
-	log_info("settlement ring: %llu records read, %llu lines that were not records",
-	         (unsigned long long)rr->records, (unsigned long long)rr->malformed);
 	while (rr->sessions)
 		sess_free(rr->sessions);
 	ev_timer_stop(rr->a->loop, &rr->tick);

@@ -200,12 +200,18 @@ class Gateway:
         self.agent.restart(timeout)
         H.wait_for(self.agent_ready, timeout, 0.05, "the restarted agent's /healthz")
 
-    def wait_verdicts(self, probe, timeout=15.0):
+    def wait_verdicts(self, probe, timeout=15.0, in_a_row=3):
         """Poll until probe() (a request through HAProxy) returns a status
-        other than the failure status: HAProxy's SPOE reconnected."""
+        other than the failure status `in_a_row` times running: HAProxy's SPOE
+        reconnected. (After an agent restart 2.6, 3.2 and 3.4 answer at once;
+        2.8.0 and 3.0.0 answer the failure status for about 1.7 s.)"""
         fs = self.cfg["haproxy"].get("failure_status", 503)
-        return H.wait_for(lambda: probe() != fs, timeout, 0.1,
-                          "HAProxy getting verdicts from the agent again")
+        run = [0]
+
+        def ok():
+            run[0] = run[0] + 1 if probe() != fs else 0
+            return run[0] >= in_a_row
+        return H.wait_for(ok, timeout, 0.1, "HAProxy getting verdicts from the agent again")
 
 
 def _fill(env, cfg, name=""):
@@ -246,9 +252,10 @@ def render(env, cfg, out_dir, name=""):
     return cfg_path
 
 
-def start_gateway(env, cfg, zero_warning=True, timeout=15.0, name=""):
+def start_gateway(env, cfg, zero_warning=True, timeout=15.0, name="", master_worker=False):
     """Render, check, start the agent and HAProxy; returns a Gateway. With
-    NAME, its files and processes are NAME-*. HAProxy must start without a
+    NAME, its files and processes are NAME-*; with master_worker, HAProxy
+    runs with -W (H.haproxy_reload works). HAProxy must start without a
     warning, as `haproxy -c -dW` must accept the configuration."""
     pre = name + "-" if name else ""
     cfg = _fill(env, cfg, name)
@@ -262,8 +269,15 @@ def start_gateway(env, cfg, zero_warning=True, timeout=15.0, name=""):
     gw.agent = env.start(pre + "agent", [H.agent_binary(), "--config", cfg_path], cwd=H.REPO,
                          wait_tcp=[H.parse_listen(cfg["agent"]["listen"])[0], gw.http_port],
                          timeout=timeout)
-    gw.haproxy = env.start(pre + "haproxy", [H.HAPROXY, "-f", hcfg, "-db"], cwd=out_dir,
+    gw.haproxy = env.start(pre + "haproxy", [H.HAPROXY, "-f", hcfg, "-db"] +
+                           (["-W"] if master_worker else []), cwd=out_dir,
                            wait_tcp=gw.port, timeout=timeout)
+    gw.haproxy.master_worker = master_worker
+    if cfg["agent"].get("settle"):
+        # the agent reads the worker's settlement ring before any traffic: a
+        # worker replaced (reload) before the agent ever read it keeps its records
+        H.wait_for(lambda: gw.metric("tollgate_settle_ring_sessions") >= 1, timeout, 0.05,
+                   "the agent reading HAProxy's settlement ring")
     if zero_warning:
         warned = [l for l in gw.haproxy.stderr().split("\n") if "[WARNING]" in l]
         assert not warned, "HAProxy warned at start:\n" + "\n".join(warned)
@@ -409,6 +423,62 @@ def upstream_usage(rec):
                 ctok = min(ctok, body[k])
                 break
     return ptok, ctok
+
+
+def in_flight_across(gw, up, headers, model, how, streams=3, answers=3):
+    """`streams` SSE streams and `answers` JSON answers in flight (all
+    admitted, all at the upstream) while the agent is stopped (how =
+    "SIGTERM") or killed ("SIGKILL") and started again with the same state,
+    or while HAProxy reloads ("reload": a gateway started with
+    master_worker; the old worker finishes them). Every request must still
+    succeed; returns the usage the upstream answered for them, summed:
+    (in, out)."""
+    import threading
+    chat = "/v1/chat/completions"
+    nrec = len(up.requests())
+    out = [None] * (streams + answers)
+
+    def run(i):
+        body = {"model": model, "messages": [{"role": "user", "content": "in flight %d" % i}],
+                "max_tokens": 20}
+        try:
+            if i < streams:
+                body["stream"] = True
+                out[i] = sse_stream(gw.port, chat, body,
+                                    dict(headers, **{"x-mock-delay-ms": "150",
+                                                     "x-mock-completion-tokens": "8"}),
+                                    timeout=30.0)
+            else:
+                out[i] = gw.post(chat, body, dict(headers, **{"x-mock-delay-ms": "1200"}),
+                                 timeout=30.0)
+        except Exception as e:  # noqa: BLE001 -- asserted below
+            out[i] = e
+    ts = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(out))]
+    for t in ts:
+        t.start()
+    H.wait_for(lambda: len(up.requests()) - nrec >= len(out), 10.0, 0.01,
+               "%d requests at the upstream" % len(out))
+    if how == "SIGKILL":
+        gw.agent.kill()
+        gw.agent.restart(15.0)
+        H.wait_for(gw.agent_ready, 15.0, 0.05, "the restarted agent's /healthz")
+    elif how == "reload":
+        H.haproxy_reload(gw.haproxy, gw.cfg["haproxy"]["stats_socket"])
+    else:
+        assert how == "SIGTERM", how
+        gw.restart_agent()
+    for t in ts:
+        t.join(30.0)
+    for i, r in enumerate(out):
+        assert not isinstance(r, Exception), "request %d: %r" % (i, r)
+        st = r.status if i < streams else r[0]
+        assert st == 200, "request %d answered %r" % (i, st)
+        if i < streams:
+            assert b"[DONE]" in r.body, r.body[-200:]
+    recs = up.requests()[nrec:]
+    assert len(recs) == len(out), "the upstream saw %d requests" % len(recs)
+    usage = [upstream_usage(rec) for rec in recs]
+    return sum(u[0] for u in usage), sum(u[1] for u in usage)
 
 
 def replay_upstream(up_port, rec):

@@ -849,8 +849,17 @@ def haproxy_reload(proc, sock_path, timeout=10.0):
         raise ValueError("haproxy was not started with master_worker=True")
     old = _haproxy_pid(sock_path)
     proc.send_signal(signal.SIGUSR2)
-    return wait_for(lambda: (lambda p: p if p and p != old else None)(
-        _haproxy_pid(sock_path)), timeout, 0.05, "a new haproxy worker")
+    seen = []
+
+    def new_pid():
+        p = _haproxy_pid(sock_path)
+        seen.append(p)
+        return p if p and p != old else None
+    try:
+        return wait_for(new_pid, timeout, 0.05, "a new haproxy worker")
+    except TimeoutError as e:
+        raise TimeoutError("%s: the stats socket answered from pids %r (old %r)"
+                           % (e, sorted(set(seen), key=str), old)) from None
 
 
 def _haproxy_pid(sock_path):

@@ -530,7 +530,8 @@ WILDCARDS = ("0.0.0.0", "", "*", "[::]", "::")
 
 
 def tg_agent_listeners():
-    """{listen|http|settle: (host, port)} of docker/tollgate.yaml's agent block."""
+    """{listen|http|settle: (host, port)} of docker/tollgate.yaml's agent block
+    (settle is where the agent connects: HAProxy's CLI)."""
     with open(TG_YAML, encoding="utf-8") as f:
         text = "\n".join(_strip_comment(line) for line in f)
     m = re.search(r"(?m)^agent:\s*\n((?:[ \t]+.*\n?|\s*\n)*)", text)
@@ -790,7 +791,14 @@ def compose_ports_unique_and_the_seeds():
     assert lis["http"][1] == 8001, "agent.http of docker/tollgate.yaml is not port 8001"
     # what other containers connect to must be an address the agent listens on
     hostname = service("agent").get("hostname")
-    for key in ("listen", "http", "settle"):
+    # agent.settle is HAProxy's CLI, by service name, on the port HAProxy binds
+    assert lis["settle"][0] == "haproxy" and "haproxy" in service_names(), \
+        "agent.settle must name the haproxy service: %r" % (lis["settle"],)
+    m = re.search(r'(?m)^\s+settle_bind:\s*"?([^"\s]*):(\d+)"?', text)
+    assert m and m.group(1) in WILDCARDS and int(m.group(2)) == lis["settle"][1], \
+        "haproxy.settle_bind must bind agent.settle's port on every interface: %r" % (
+            m and m.groups(),)
+    for key in ("listen", "http"):
         host = lis[key][0]
         assert host in WILDCARDS or host == hostname, \
             "agent.%s listens on %r: in a container that must be all interfaces or the " \
@@ -1046,7 +1054,7 @@ def check_rendered(tmp, extra_env, mock):
     # every server HAProxy connects to is reachable from its container:
     # a compose service on a port it listens on, never loopback/wildcard
     lis = tg_agent_listeners()
-    agent_ports = {p for _, p in lis.values()}
+    agent_ports = {lis["listen"][1], lis["http"][1]}
     servers = re.findall(r"(?m)^\s*server\s+(\S+)\s+(\S+):(\d+)\b", cfg)
     assert servers, "no server lines in haproxy.cfg"
     for name, host, port in servers:
@@ -1057,12 +1065,15 @@ def check_rendered(tmp, extra_env, mock):
             assert int(port) in agent_ports, "server %s agent:%s: the agent does not " \
                 "listen on that port (%s)" % (name, port, sorted(agent_ports))
     targets = {(h, int(p)) for _, h, p in servers}
-    want = [("agent", 12345), ("agent", lis["settle"][1])]
+    want = [("agent", 12345)]
     if mock:
         want.append(("agent", lis["http"][1]))
     for w in want:
-        assert w in targets, "haproxy.cfg has no server %s:%d (SPOP, settlement ring, " \
-            "mock provider): %s" % (w[0], w[1], sorted(targets))
+        assert w in targets, "haproxy.cfg has no server %s:%d (SPOP, mock provider): %s" % (
+            w[0], w[1], sorted(targets))
+    # the agent reads the settlement ring on this socket, from its container
+    assert re.search(r"(?m)^\s*stats socket ipv4@0\.0\.0\.0:%d level operator$"
+                     % lis["settle"][1], cfg), "no stats socket for agent.settle on all interfaces"
     assert re.search(r"(?m)^\s*bind\s+\S*:8080\b", cfg), "no bind on :8080"
     # every file the configuration names is in the rendered directory
     named = re.findall(r"(?m)^\s*(?:lua-load(?:-per-thread)?|filter spoe .*\bconfig)\s+(/\S+)",
@@ -1224,10 +1235,11 @@ def local_stack_config(env):
     text = text.replace('":8080"', '"127.0.0.1:%d"' % ports[8080])
     for p in (12345, 12346, 8001):
         text = text.replace("0.0.0.0:%d" % p, "127.0.0.1:%d" % ports[p])
-        text = re.sub(r"(?<![\w.-])agent:%d\b" % p, "127.0.0.1:%d" % ports[p], text)
+        text = re.sub(r"(?<![\w.-])(agent|haproxy):%d\b" % p, "127.0.0.1:%d" % ports[p], text)
     text = re.sub(r"(?<![\w.-])redis:6379\b", "127.0.0.1:%d" % redis.port, text)
     text = text.replace("/var/lib/tollgate", env.path("state"))
-    assert "0.0.0.0" not in text and not re.search(r"(?<![\w.-])(agent|redis):\d", text), text
+    assert "0.0.0.0" not in text and \
+        not re.search(r"(?<![\w.-])(agent|redis|haproxy):\d", text), text
     return env.write("tollgate.yaml", text), ports
 
 

@@ -428,6 +428,28 @@ def settlement_record_twice(c):
 
 
 @case
+def in_flight_settled_exactly_across_agent_stop_and_kill(c):
+    """Streams and JSON answers in flight across an agent SIGTERM and a
+    SIGKILL, on Redis: the balance moves by exactly what the upstream
+    answered, once."""
+    gw = c.sets["closed"][0]
+    red = c.red
+    prefix = "fault_quota:"
+    for how in ("SIGTERM", "SIGKILL"):
+        gw.set_quota("streamer", 100000)
+        q0 = V.redis_int(red, prefix + "streamer")
+        tok0 = gw.tokens(consumer="streamer")
+        tin, tout = G.in_flight_across(gw, c.up, {"x-api-key": KEYS["streamer"]},
+                                                     "st-flight", how)
+        H.wait_for(lambda: V.redis_int(red, prefix + "streamer") == q0 - tin - tout, 15.0, 0.05,
+                   "balance %d after a %s" % (q0 - tin - tout, how))
+        gw.wait_tokens((tok0[0] + tin, tok0[1] + tout), timeout=10.0, consumer="streamer")
+        time.sleep(0.5)     # and nothing more arrives
+        assert V.redis_int(red, prefix + "streamer") == q0 - tin - tout, how
+        assert gw.tokens(consumer="streamer") == (tok0[0] + tin, tok0[1] + tout), how
+
+
+@case
 def client_disconnect_mid_stream(c):
     gw = c.sets["open"][0]
     red = c.red

@@ -467,7 +467,8 @@ def agent_restart_keeps_counts(c):
     # HAProxy gets verdicts again, and counting goes on from the restored totals
     # (probed with a request the agent refuses: it leaves no settlement behind)
     gw.wait_verdicts(lambda: gw.post(CHAT, chat("m-json", max_tokens=1), {})[0])
-    assert gw.post(CHAT, chat("m-json"), {})[0] == 401
+    st = gw.post(CHAT, chat("m-json"), {})
+    assert st[0] == 401, st
     b = Before(c, "m-json", consumer="meter-b")
     st, _, data = gw.post(CHAT, chat("m-json", max_tokens=2), {"x-api-key": KEY_B})
     assert st == 200, (st, data[:300])
@@ -508,6 +509,53 @@ def stream_settled_across_agent_restart(c):
                    model="m-sse-restart", consumer="meter-a")
     H.wait_for(lambda: gw.quota("meter-a") == b.quota - tin - tout, 5.0, 0.05,
                "quota of meter-a == %d" % (b.quota - tin - tout))
+
+
+@case
+def in_flight_settled_exactly_across_agent_stop_and_kill(c):
+    """Streams and JSON answers in flight across an agent SIGTERM and a
+    SIGKILL: each settled exactly once by the next agent process (the ring
+    replayed, agent/ring_reader.c), on the embedded store."""
+    gw = c.gw
+    for how in ("SIGTERM", "SIGKILL"):
+        model = "m-flight-%s" % how.lower()
+        b = Before(c, model)
+        tin, tout = G.in_flight_across(gw, c.up, {"x-api-key": KEY_A}, model, how)
+        gw.wait_tokens((b.tokens[0] + tin, b.tokens[1] + tout), timeout=15.0,
+                       model=model, consumer="meter-a")
+        H.wait_for(lambda: gw.quota("meter-a") == b.quota - tin - tout, 5.0, 0.05,
+                   "quota of meter-a == %d after a %s" % (b.quota - tin - tout, how))
+        time.sleep(0.5)     # and nothing more arrives
+        assert gw.tokens(model=model, consumer="meter-a") == (b.tokens[0] + tin,
+                                                               b.tokens[1] + tout), how
+        assert gw.quota("meter-a") == b.quota - tin - tout, how
+
+
+@case
+def in_flight_settled_exactly_across_haproxy_reload(c):
+    """Streams and JSON answers in flight while HAProxy reloads (master-worker,
+    SIGUSR2): the old worker finishes them and its records are read to its
+    end, while requests on the new worker settle too; each exactly once."""
+    gw = G.start_gateway(c.env, config(c.up.port), name="mw", master_worker=True)
+    try:
+        gw.set_quota("meter-a", QUOTA0)
+        model = "m-flight-reload"
+        tok0 = gw.tokens(model=model, consumer="meter-a")
+        tin, tout = G.in_flight_across(gw, c.up, {"x-api-key": KEY_A}, model, "reload")
+        # and one request on the new worker
+        nrec = len(c.up.requests())
+        st, _, data = gw.post(CHAT, chat(model, max_tokens=3), {"x-api-key": KEY_A})
+        assert st == 200, (st, data[:300])
+        n_in, n_out = G.upstream_usage(c.up.requests()[nrec])
+        want = (tok0[0] + tin + n_in, tok0[1] + tout + n_out)
+        gw.wait_tokens(want, timeout=15.0, model=model, consumer="meter-a")
+        H.wait_for(lambda: gw.quota("meter-a") == QUOTA0 - tin - tout - n_in - n_out, 5.0, 0.05,
+                   "quota of meter-a == %d" % (QUOTA0 - tin - tout - n_in - n_out))
+        time.sleep(0.5)
+        assert gw.tokens(model=model, consumer="meter-a") == want
+    finally:
+        gw.haproxy.stop()
+        gw.agent.stop()
 
 
 if __name__ == "__main__":
