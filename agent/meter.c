@@ -247,13 +247,23 @@ char *meter_rewrite_request(const char *body, size_t len, bool add_include_usage
 		cJSON_AddTrueToObject(so, "include_usage");
 	}
 	if (max_tokens >= 0) {
-		const char *field = "max_tokens";
+		bool any = false;
 
-		for (unsigned i = 0; i < sizeof(caps) / sizeof(*caps); i++)
-			if (cJSON_GetObjectItemCaseSensitive(root, caps[i]))
-				field = caps[i];
-		cJSON_DeleteItemFromObjectCaseSensitive(root, field);
-		cJSON_AddNumberToObject(root, field, (double)max_tokens);
+		/* every cap the request names: a provider honours one of them, not
+		 * always the one this agent read */
+		for (unsigned i = 0; i < sizeof(caps) / sizeof(*caps); i++) {
+			cJSON *v = cJSON_GetObjectItemCaseSensitive(root, caps[i]);
+
+			if (!v)
+				continue;
+			any = true;
+			if (cJSON_IsNumber(v) && v->valuedouble <= (double)max_tokens)
+				continue;
+			cJSON_DeleteItemFromObjectCaseSensitive(root, caps[i]);
+			cJSON_AddNumberToObject(root, caps[i], (double)max_tokens);
+		}
+		if (!any)
+			cJSON_AddNumberToObject(root, "max_tokens", (double)max_tokens);
 	}
 	out = cJSON_PrintUnformatted(root);
 	cJSON_Delete(root);

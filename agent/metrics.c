@@ -596,6 +596,8 @@ static int declare_product(struct metrics *m)
 		  "Requests decided by the failure policy instead of a verdict.", NULL },
 		{ TGM_SPOP_CONNECTIONS, "tollgate_spop_connections", METRIC_GAUGE,
 		  "SPOP connections open.", NULL },
+		{ TGM_SPOP_INFLIGHT, "tollgate_spop_frames_in_flight", METRIC_GAUGE,
+		  "NOTIFY frames received and not answered yet.", NULL },
 		{ TGM_RING_SESSIONS, "tollgate_settle_ring_sessions", METRIC_GAUGE,
 		  "HAProxy workers whose settlement ring the agent is reading (0: records wait).",
 		  NULL },
@@ -769,6 +771,7 @@ void metrics_spop_stats(struct metrics *m, const struct spop_stats *st)
 	metrics_set(m, TGM_SPOP_FRAMES, L("in"), (double)st->frames_in);
 	metrics_set(m, TGM_SPOP_FRAMES, L("out"), (double)st->frames_out);
 	metrics_set(m, TGM_SPOP_CONNECTIONS, NULL, (double)st->conns_active);
+	metrics_set(m, TGM_SPOP_INFLIGHT, NULL, (double)st->inflight);
 	for (int i = 1; i <= SPOP_ST_UNKNOWN; i++) {
 		if (!st->errors[i] || (i > SPOP_ST_RES && i != SPOP_ST_UNKNOWN))
 			continue;

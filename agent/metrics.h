@@ -51,6 +51,7 @@ enum tgm_family {
 	TGM_OVERSHOOT_TOKENS,   /* tollgate_overshoot_tokens_total [rule] */
 	TGM_UNVERDICTED,        /* tollgate_unverdicted_total (failure-policy decisions) */
 	TGM_SPOP_CONNECTIONS,   /* tollgate_spop_connections, gauge (active) */
+	TGM_SPOP_INFLIGHT,      /* tollgate_spop_frames_in_flight, gauge */
 	TGM_RING_SESSIONS,      /* tollgate_settle_ring_sessions, gauge */
 	TGM_RING_LINES,         /* tollgate_settle_ring_lines_total [kind=record|other] */
 	TGM_BUILD_INFO,         /* tollgate_build_info [version], gauge = 1 */

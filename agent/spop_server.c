@@ -220,6 +220,7 @@ static struct spop_tx *tx_new(struct conn *c, uint64_t sid, uint64_t fid)
 	spop_enc_frame_begin(&tx->w, SPOP_FRM_ACK, SPOP_FLAG_FIN, sid, fid);
 	LIST_PUSH(c->txs, tx);
 	c->inflight++;
+	c->srv->stats.inflight++;
 	return tx;
 }
 
@@ -249,6 +250,7 @@ static void tx_orphan(struct spop_tx *tx)
 		return;
 	LIST_DEL(c->txs, tx);
 	c->inflight--;
+	tx->srv->stats.inflight--;
 	tx->conn = NULL;
 	ev_timer_stop(tx->srv->loop, &tx->ptimer);
 	LIST_PUSH(tx->srv->orphans, tx);
@@ -285,6 +287,7 @@ void tx_release(struct spop_tx *tx)
 	tx_send_ack(tx, false);
 	LIST_DEL(c->txs, tx);
 	c->inflight--;
+	c->srv->stats.inflight--;
 	tx_free(tx);
 	if (c->state == CS_CLOSING)
 		return;

@@ -25,6 +25,7 @@ struct spop_tx;
 struct spop_stats {
 	uint64_t conns_accepted, conns_active, healthchecks;
 	uint64_t frames_in, frames_out, notify, ack, ack_timeout;
+	uint64_t inflight;                      /* NOTIFY frames not answered yet */
 	uint64_t disconnect_in, disconnect_out;
 	uint64_t errors[SPOP_ST_UNKNOWN + 1];   /* AGENT-DISCONNECT sent, by status */
 	uint64_t unknown_messages;

@@ -260,4 +260,5 @@ def malformed_disconnect_is_still_answered_or_refused(s):
     assert_serving(a)
 
 
-main(setup=lambda: Shared(name="frames"), teardown=lambda s: s.teardown())
+main(setup=lambda: Shared(name="frames"), teardown=lambda s: s.teardown(),
+     teardown_cases=["frames_agent_exits_0_on_sigterm"])

@@ -327,4 +327,5 @@ def connect_and_close_without_bytes(s):
     assert_serving(a)
 
 
-main(setup=lambda: Shared(name="hello"), teardown=lambda s: s.teardown())
+main(setup=lambda: Shared(name="hello"), teardown=lambda s: s.teardown(),
+     teardown_cases=["hello_agent_exits_0_on_sigterm"])

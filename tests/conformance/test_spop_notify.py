@@ -418,4 +418,5 @@ def concurrent_connections_keep_their_acks(s):
             c.close()
 
 
-main(setup=lambda: Shared(name="notify"), teardown=lambda s: s.teardown())
+main(setup=lambda: Shared(name="notify"), teardown=lambda s: s.teardown(),
+     teardown_cases=["notify_agent_exits_0_on_sigterm"])

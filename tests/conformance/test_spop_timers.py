@@ -136,4 +136,5 @@ def processing_timeout_only_hits_slow_frames(s):
         assert f.payload == b""
 
 
-main(setup=lambda: Shared(name="timers"), teardown=lambda s: s.teardown())
+main(setup=lambda: Shared(name="timers"), teardown=lambda s: s.teardown(),
+     teardown_cases=["timers_agent_exits_0_on_sigterm"])

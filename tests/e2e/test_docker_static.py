@@ -70,7 +70,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "pylib"))
 sys.path.insert(0, HERE)
 
-from tcase import case, main  # noqa: E402
+from tcase import case, main, skip  # noqa: E402
 import harness as H  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -1018,8 +1018,7 @@ def dockerfile_packages_exist_in_debian12():
         pkgs += stage_packages(s)
     assert pkgs
     if not is_debian12():
-        print("note: not Debian 12; apt-cache cannot vouch for bookworm names, skipped")
-        return
+        skip("not Debian 12: apt-cache cannot vouch for bookworm package names")
     pkgs = sorted(set(pkgs))
     r = run(["apt-cache", "show", "--no-all-versions"] + pkgs)
     found = set(re.findall(r"(?m)^Package: (\S+)$", r.stdout))

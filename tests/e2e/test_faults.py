@@ -327,11 +327,19 @@ def agent_killed_leases_expire(c):
         except Exception as e:  # noqa: BLE001 -- asserted below
             out[i] = e
     ts = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(3)]
+    res0 = set(V.redis_keys(c.red, "tollgate:v1:res:*"))
     t_first = time.monotonic()
     for t in ts:
         t.start()
     H.wait_for(lambda: len(c.up.requests()) - nrec >= 3, 10.0, 0.01, "three streams upstream")
     t_admitted = time.monotonic()
+    # each reservation records its lease's end on Redis's clock ("<exp>|...",
+    # agent/store_redis_lua.h); the test's clock is tied to Redis's by TIME
+    exps = sorted(int(H.redis_cmd(c.red.port, "GET", k).split("|", 1)[0])
+                  for k in set(V.redis_keys(c.red, "tollgate:v1:res:*")) - res0)
+    assert len(exps) == 3, exps
+    sec, usec = H.redis_cmd(c.red.port, "TIME")
+    redis_minus_mono = int(sec) * 1000 + int(usec) // 1000 - time.monotonic() * 1000
     late0 = a.settlements("late")
     a.agent.kill()                                      # SIGKILL, streams in flight
     t_kill = time.monotonic()
@@ -355,10 +363,17 @@ def agent_killed_leases_expire(c):
          "(lease_ttl %.0fs); probes %r" % (t_kill - t_first, "%.2fs" % (t_back - t_first)
                                            if t_back else "NEVER", LEASE_S, seen[-3:]))
     assert t_back is not None, "the budget never came back after the leases: %r" % seen
+    # not early: no probe admitted before the first lease's end (Redis time,
+    # 20 ms for the clock tie and the probe's own path)
+    back_ms = t_back * 1000 + redis_minus_mono
+    assert back_ms >= exps[0] - 20, \
+        "budget back %d ms before the first lease ended (leases end at %r, Redis ms)" % (
+            exps[0] - back_ms, exps)
     assert t_back - t_first >= LEASE_S - 0.1, \
-        "budget back %.2fs after admission, before the %.0fs lease" % (t_back - t_first, LEASE_S)
-    assert t_back - t_admitted <= LEASE_S + 1.5, \
-        "budget back only %.2fs after admission (lease %.0fs)" % (t_back - t_admitted, LEASE_S)
+        "budget back %.2fs after the first request, before the %.0fs lease" % (
+            t_back - t_first, LEASE_S)
+    assert back_ms <= exps[-1] + 1500, \
+        "budget back only %d ms after the last lease ended" % (back_ms - exps[-1])
     # the streams finish without their agent
     for t in ts:
         t.join(30)

@@ -17,6 +17,7 @@ free loopback ports (tests/e2e/harness.py) and the mock upstream behind them:
 """
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -128,6 +129,15 @@ class Stack:
 
     def agent_status(self):
         return H.server_status(self.sock, "agents", "agent")
+
+
+def agent_metric(stack, name):
+    """A metric without labels from the agent's /metrics."""
+    st, _, body = H.http_request(stack.agent.http_port, "GET", "/metrics")
+    assert st == 200, st
+    m = re.search(r"(?m)^%s (\S+)$" % re.escape(name), body.decode())
+    assert m, "%s not in /metrics" % name
+    return float(m.group(1))
 
 
 def echoed_ok(stack, tag, delay=None, conn=None):
@@ -308,7 +318,9 @@ def agent_restart_and_sighup_recover():
             echoed_ok(s, "after-restart-%d" % i)
         # SIGHUP reloads the (unchanged) configuration and keeps serving.
         s.agent.send_signal(signal.SIGHUP)
-        H.wait_for(lambda: "reload" in s.agent.stderr(), 5, what="reload log line")
+        H.wait_for(lambda: "configuration reloaded from" in s.agent.stderr(), 5,
+                   what="the reload's log line")
+        assert "reload refused" not in s.agent.stderr(), s.agent.tail()
         for i in range(20):
             echoed_ok(s, "after-hup-%d" % i)
         assert s.agent.alive(), s.agent.tail()
@@ -327,8 +339,9 @@ def agent_sigterm_finishes_frames_in_flight():
 
         t = threading.Thread(target=slow)
         t.start()
-        # Wait until the frame is at the agent, then stop it.
-        time.sleep(0.1)  # no observable "frame received" event to poll for
+        # Wait until the frame is at the agent (one NOTIFY in flight), then stop it.
+        H.wait_for(lambda: agent_metric(s, "tollgate_spop_frames_in_flight") == 1, 5, 0.005,
+                   "the slow frame at the agent")
         s.agent.send_signal(signal.SIGTERM)
         t.join(10)
         st, h, body = results["h"]

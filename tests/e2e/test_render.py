@@ -246,16 +246,29 @@ def errors_are_reported_and_nothing_half_written():
         r = render(env, y, out, check=False)
         assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
         assert "providers[2].name" in r.stderr and "lo cal" in r.stderr, r.stderr
-        assert not os.path.exists(os.path.join(out, "haproxy.cfg"))
+        assert not os.path.exists(out) or os.listdir(out) == [], os.listdir(out)
+        # a failed render over a good one leaves the good files as they were,
+        # all three, and no temporary file
+        good = env.path("out-good")
+        render(env, env.write("full.yaml", FULL), good)
+        names = sorted(os.listdir(good))
+        assert names == ["haproxy.cfg", "spoe.conf", "tollgate.lua"], names
+        before = {n: open(os.path.join(good, n), "rb").read() for n in names}
+        r = render(env, y, good, check=False)
+        assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+        assert sorted(os.listdir(good)) == names, os.listdir(good)
+        for n in names:
+            assert open(os.path.join(good, n), "rb").read() == before[n], "%s changed" % n
         # an output path that cannot be a directory
         blocker = env.write("file", "x")
-        r = render(env, env.path("full.yaml") if os.path.exists(env.path("full.yaml"))
-                   else env.write("full.yaml", FULL), os.path.join(blocker, "sub"), check=False)
+        r = render(env, env.path("full.yaml"), os.path.join(blocker, "sub"), check=False)
         assert r.returncode == 1 and "file/sub" in r.stderr, (r.returncode, r.stderr)
         # a mock provider needs agent.http
         y = env.write("nohttp.yaml", FULL.replace('http: "0.0.0.0:19002", ', 'http: "", '))
         r = render(env, y, env.path("out-nohttp"), check=False)
         assert r.returncode == 1 and "agent.http" in r.stderr, r.stderr
+        assert not os.path.exists(env.path("out-nohttp")) or \
+            os.listdir(env.path("out-nohttp")) == [], os.listdir(env.path("out-nohttp"))
 
 
 # --------------------------------------------------------------------------

@@ -60,6 +60,25 @@ static void request_body(const char *p, size_t n, uint8_t steer)
 	if (model)
 		FUZZ_ASSERT(strcmp(cJSON_GetStringValue(
 			cJSON_GetObjectItemCaseSensitive(root, "model")), model) == 0);
+	if (cap >= 0) {
+		/* the cap holds whichever field the provider honours */
+		static const char *const caps[] = { "max_tokens", "max_completion_tokens",
+		                                    "max_output_tokens" };
+		struct llm_request r2;
+		int named = 0;
+
+		for (unsigned i = 0; i < sizeof(caps) / sizeof(*caps); i++) {
+			cJSON *v = cJSON_GetObjectItemCaseSensitive(root, caps[i]);
+
+			if (!v)
+				continue;
+			named++;
+			FUZZ_ASSERT(cJSON_IsNumber(v) && v->valuedouble <= (double)cap);
+		}
+		FUZZ_ASSERT(named >= 1);
+		meter_parse_request(out, out_len, &r2);
+		FUZZ_ASSERT(r2.max_tokens >= 0 && r2.max_tokens <= cap);
+	}
 	cJSON_Delete(root);
 	free(out);
 }

@@ -10,8 +10,8 @@
 #   fuzz_bodies  the agent's body parsers: request and response bodies,
 #                settlement records (agent/*.c), seeds tests/fuzz/corpus_bodies/
 # New inputs and crash artifacts go to ${BUILD}/fuzz/, never into the
-# repository. Prints "PASS: <target>" or "FAIL: <target>" (tests/run.sh counts
-# them) and exits non-zero if any failed. A missing clang or libFuzzer is a
+# repository. Prints its plan, then "PASS: <target>" or "FAIL: <target>"
+# (tests/run.sh counts them), and exits non-zero if any failed. A missing clang or libFuzzer is a
 # failure, not a skip.
 cd "$(dirname "$0")/../.." || exit 2
 BUILD=${BUILD:-build}
@@ -57,6 +57,7 @@ fuzz() {
 	echo "PASS: $name"
 }
 
+echo "PLAN: fuzz_spop fuzz_bodies"
 fuzz fuzz_spop tests/fuzz/corpus -dict=tests/fuzz/spop.dict tests/fuzz/fuzz_spop.c spoe/*.c
 # shellcheck disable=SC2046
 fuzz fuzz_bodies tests/fuzz/corpus_bodies "" tests/fuzz/fuzz_bodies.c \

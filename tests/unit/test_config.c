@@ -1143,28 +1143,13 @@ CASE(enum_names)
 
 int main(void)
 {
-	RUN(defaults_of_an_empty_file);
-	RUN(null_sections_and_comments_are_defaults);
-	RUN(agent_values);
-	RUN(agent_listen_forms);
-	RUN(agent_errors_name_the_field);
-	RUN(env_substitution);
-	RUN(unknown_keys_name_their_path);
-	RUN(wrong_types_name_their_path);
-	RUN(yaml_syntax_and_structure_errors);
-	RUN(anchors_aliases_and_bombs);
-	RUN(haproxy_section);
-	RUN(store_redis_url);
-	RUN(services_section);
-	RUN(providers_section);
-	RUN(consumers_and_key_auth);
-	RUN(routes_and_references);
-	RUN(ai_quota_plugin);
-	RUN(ai_token_ratelimit_seed_block);
-	RUN(ai_token_ratelimit_every_kind);
-	RUN(ai_token_ratelimit_errors);
-	RUN(example_file_loads);
-	RUN(file_errors);
-	RUN(enum_names);
+	RUN_ALL(defaults_of_an_empty_file, null_sections_and_comments_are_defaults, agent_values,
+	        agent_listen_forms, agent_errors_name_the_field, env_substitution,
+	        unknown_keys_name_their_path, wrong_types_name_their_path,
+	        yaml_syntax_and_structure_errors, anchors_aliases_and_bombs, haproxy_section,
+	        store_redis_url, services_section, providers_section, consumers_and_key_auth,
+	        routes_and_references, ai_quota_plugin, ai_token_ratelimit_seed_block,
+	        ai_token_ratelimit_every_kind, ai_token_ratelimit_errors, example_file_loads,
+	        file_errors, enum_names);
 	DONE();
 }

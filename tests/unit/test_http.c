@@ -1486,41 +1486,14 @@ int main(void)
 		return 1;
 	}
 	close(pfd[0]);
-	RUN(basic_get);
-	RUN(keep_alive);
-	RUN(pipelining_in_order);
-	RUN(not_found_and_405);
-	RUN(too_large_413);
-	RUN(malformed_requests);
-	RUN(headers_lookup);
-	RUN(http10_and_head);
-	RUN(async_reply);
-	RUN(async_client_gone);
-	RUN(chunked_stream);
-	RUN(stream_client_gone);
-	RUN(handler_without_answer);
-	RUN(expect_continue);
-	RUN(slow_sender);
-	RUN(request_timeout_408);
-	RUN(idle_timeout);
-	RUN(slow_reader);
-	RUN(many_connections);
-	RUN(form_decoding);
-	RUN(mutated_requests_survive);
-	RUN(metrics_endpoint);
-	RUN(mock_auth_required);
-	RUN(mock_chat_rule);
-	RUN(mock_errors);
-	RUN(mock_stream_without_usage);
-	RUN(mock_stream_with_usage);
-	RUN(mock_stream_paced);
-	RUN(mock_stream_client_gone);
-	RUN(mock_delayed_json);
-	RUN(mock_completions);
-	RUN(mock_embeddings);
-	RUN(mock_responses);
-	RUN(mock_azure_shape);
-	RUN(server_exits_cleanly);
+	RUN_ALL(basic_get, keep_alive, pipelining_in_order, not_found_and_405, too_large_413,
+	        malformed_requests, headers_lookup, http10_and_head, async_reply, async_client_gone,
+	        chunked_stream, stream_client_gone, handler_without_answer, expect_continue,
+	        slow_sender, request_timeout_408, idle_timeout, slow_reader, many_connections,
+	        form_decoding, mutated_requests_survive, metrics_endpoint, mock_auth_required,
+	        mock_chat_rule, mock_errors, mock_stream_without_usage, mock_stream_with_usage,
+	        mock_stream_paced, mock_stream_client_gone, mock_delayed_json, mock_completions,
+	        mock_embeddings, mock_responses, mock_azure_shape, server_exits_cleanly);
 	if (child > 0) {
 		kill(child, SIGKILL);
 		waitpid(child, NULL, 0);

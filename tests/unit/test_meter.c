@@ -155,20 +155,23 @@ CASE(rewrite_clamps_max_tokens)
 	out = meter_rewrite_request(S("{\"model\":\"a\"}"), false, NULL, 7, &n);
 	CHECK(out && strstr(out, "\"max_tokens\":7"));
 	free(out);
+	/* two caps named: both lowered (a provider may honour either); one
+	 * already below the cap stays; a cap that is not a number is replaced */
+	out = meter_rewrite_request(S("{\"max_completion_tokens\":5000,\"max_output_tokens\":6000,"
+	                              "\"max_tokens\":3}"), false, NULL, 40, &n);
+	CHECK(out && strstr(out, "\"max_completion_tokens\":40") &&
+	      strstr(out, "\"max_output_tokens\":40") && strstr(out, "\"max_tokens\":3"));
+	free(out);
+	out = meter_rewrite_request(S("{\"max_tokens\":\"lots\"}"), false, NULL, 9, &n);
+	CHECK(out && strstr(out, "\"max_tokens\":9") && !strstr(out, "lots"));
+	free(out);
 }
 
 int main(void)
 {
-	RUN(estimate_ascii_and_cjk);
-	RUN(request_chat);
-	RUN(request_stream_options);
-	RUN(request_duplicate_key);
-	RUN(request_huge_numbers_clamped);
-	RUN(request_not_json);
-	RUN(request_embeddings_and_responses);
-	RUN(usage_whole_body);
-	RUN(usage_absent_or_cut);
-	RUN(rewrite_adds_include_usage);
-	RUN(rewrite_clamps_max_tokens);
+	RUN_ALL(estimate_ascii_and_cjk, request_chat, request_stream_options, request_duplicate_key,
+	        request_huge_numbers_clamped, request_not_json, request_embeddings_and_responses,
+	        usage_whole_body, usage_absent_or_cut, rewrite_adds_include_usage,
+	        rewrite_clamps_max_tokens);
 	DONE();
 }

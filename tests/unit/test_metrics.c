@@ -381,17 +381,9 @@ CASE(family_validation)
 
 int main(void)
 {
-	RUN(counter_exact_text);
-	RUN(gauge_and_unlabelled);
-	RUN(label_and_help_escaping);
-	RUN(histogram_cumulative);
-	RUN(histogram_with_labels);
-	RUN(product_families);
-	RUN(typed_helpers);
-	RUN(handles_are_stable);
-	RUN(cardinality_cap);
-	RUN(collect_callbacks);
-	RUN(spop_stats_mapping);
-	RUN(family_validation);
+	RUN_ALL(counter_exact_text, gauge_and_unlabelled, label_and_help_escaping,
+	        histogram_cumulative, histogram_with_labels, product_families, typed_helpers,
+	        handles_are_stable, cardinality_cap, collect_callbacks, spop_stats_mapping,
+	        family_validation);
 	DONE();
 }

@@ -1189,43 +1189,16 @@ CASE(status_strings)
 
 int main(void)
 {
-	RUN(varint_vectors_encode);
-	RUN(varint_vectors_decode);
-	RUN(varint_ranges_roundtrip);
-	RUN(varint_errors);
-	RUN(data_vectors);
-	RUN(data_string_views_point_into_buffer);
-	RUN(data_flags);
-	RUN(data_errors);
-	RUN(str_decode);
-	RUN(kv_list);
-	RUN(kv_list_errors);
-	RUN(frame_check_one_byte_at_a_time);
-	RUN(frame_check_too_big_and_zero);
-	RUN(frame_decode_notify);
-	RUN(frame_decode_every_type);
-	RUN(frame_decode_errors);
-	RUN(notify_messages_and_args);
-	RUN(notify_skip_unread_args);
-	RUN(notify_empty_and_errors);
-	RUN(hello_good);
-	RUN(hello_missing_fields);
-	RUN(hello_wrong_types);
-	RUN(hello_versions);
-	RUN(hello_capabilities);
-	RUN(disconnect_decode);
-	RUN(hdrs_bin);
-	RUN(hdrs_bin_in_notify);
-	RUN(enc_agent_hello_bytes);
-	RUN(enc_agent_disconnect_bytes);
-	RUN(enc_ack_set_var_every_scope);
-	RUN(enc_ack_unset_var_every_scope);
-	RUN(enc_ack_empty);
-	RUN(enc_overflow_and_rollback);
-	RUN(enc_rewind_one_action);
-	RUN(enc_data_every_type_roundtrip);
-	RUN(action_decode_errors);
-	RUN(full_hello_exchange);
-	RUN(status_strings);
+	RUN_ALL(varint_vectors_encode, varint_vectors_decode, varint_ranges_roundtrip, varint_errors,
+	        data_vectors, data_string_views_point_into_buffer, data_flags, data_errors,
+	        str_decode, kv_list, kv_list_errors, frame_check_one_byte_at_a_time,
+	        frame_check_too_big_and_zero, frame_decode_notify, frame_decode_every_type,
+	        frame_decode_errors, notify_messages_and_args, notify_skip_unread_args,
+	        notify_empty_and_errors, hello_good, hello_missing_fields, hello_wrong_types,
+	        hello_versions, hello_capabilities, disconnect_decode, hdrs_bin, hdrs_bin_in_notify,
+	        enc_agent_hello_bytes, enc_agent_disconnect_bytes, enc_ack_set_var_every_scope,
+	        enc_ack_unset_var_every_scope, enc_ack_empty, enc_overflow_and_rollback,
+	        enc_rewind_one_action, enc_data_every_type_roundtrip, action_decode_errors,
+	        full_hello_exchange, status_strings);
 	DONE();
 }

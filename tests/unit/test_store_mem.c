@@ -942,27 +942,13 @@ int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "bench") == 0)
 		return bench();
-	RUN(admission_boundary);
-	RUN(all_or_nothing);
-	RUN(same_key_twice_counts_twice);
-	RUN(strict_mode);
-	RUN(sliding_window_no_double_burst);
-	RUN(sliding_window_partial);
-	RUN(lease_expiry_returns_budget);
-	RUN(clock_never_goes_back);
-	RUN(exactly_once_settlement);
-	RUN(settlement_weights);
-	RUN(quota_get_set_add);
-	RUN(counters);
-	RUN(persistence_close_reopen);
-	RUN(persistence_one_write_per_flush);
-	RUN(persistence_crash_replays_log);
-	RUN(persistence_leases_and_windows_use_wall_clock);
-	RUN(torn_log_tail_tolerated);
-	RUN(corrupt_files_are_errors);
-	RUN(one_process_per_directory);
-	RUN(compaction_preserves_state);
-	RUN(stale_log_after_snapshot_ignored);
-	RUN(bulk_admissions_no_leak);
+	RUN_ALL(admission_boundary, all_or_nothing, same_key_twice_counts_twice, strict_mode,
+	        sliding_window_no_double_burst, sliding_window_partial, lease_expiry_returns_budget,
+	        clock_never_goes_back, exactly_once_settlement, settlement_weights, quota_get_set_add,
+	        counters, persistence_close_reopen, persistence_one_write_per_flush,
+	        persistence_crash_replays_log, persistence_leases_and_windows_use_wall_clock,
+	        torn_log_tail_tolerated, corrupt_files_are_errors, one_process_per_directory,
+	        compaction_preserves_state, stale_log_after_snapshot_ignored,
+	        bulk_admissions_no_leak);
 	DONE();
 }

@@ -365,6 +365,11 @@ static struct store *open_store(enum tg_failure_mode mode, struct store *local,
 		return NULL;
 	}
 	RUN_UNTIL(ready(st), 3);
+	if (!ready(st)) {
+		fprintf(stderr, "store_redis_open: not ready after %.0f s\n", 3 * tscale);
+		st->ops->free(st->impl);
+		return NULL;
+	}
 	return st;
 }
 
@@ -459,6 +464,7 @@ CASE(connects_and_loads_scripts)
 	struct store_redis_stats s;
 
 	CHECK(st && ready(st));
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	s = stats(st);
@@ -485,6 +491,7 @@ CASE(admission_boundary)
 	const char *k = "tollgate:{b}:rl:r:0:k:60000";
 	struct store_admit_res r;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	r = admit1(st, "b1", k, 5, 60000, 10, false);
@@ -513,6 +520,7 @@ CASE(all_or_nothing)
 	struct store_admit_req req;
 	struct store_admit_res r;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	CHECK(admit1(st, "n0", b, 5, 60000, 10, false).admitted);   /* b full (in flight) */
@@ -548,6 +556,7 @@ CASE(strict)
 	const char *k = "tollgate:{s}:rl:r:0:k:60000", *k2 = "tollgate:{s}:rl:r:0:k2:60000";
 	struct store_admit_res r;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	CHECK(admit1(st, "s1", k, 10, 60000, 6, true).admitted);       /* 6 <= 10 */
@@ -569,6 +578,7 @@ CASE(sliding_window)
 	const char *k = "tollgate:{w}:rl:r:0:k:60000", *k1 = "tollgate:{w}:rl:r:0:k:1000";
 	struct store_admit_res r;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	store_redis_set_test_clock(st, 59000);
@@ -617,6 +627,7 @@ CASE(lease_expiry_and_late_settlement)
 	struct store_admit_req req;
 	struct store_admit_res r;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	store_redis_set_test_clock(st, 1000);
@@ -649,6 +660,7 @@ CASE(settle_exactly_once)
 	struct settle_out o[5];
 	int settled = 0, dup = 0;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	CHECK(admit1(st, "e1", k, 1000, 60000, 10, false).admitted);
@@ -679,6 +691,7 @@ CASE(rid_reused)
 	const char *k = "tollgate:{u}:rl:r:0:k:60000";
 	struct store_admit_res r;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	CHECK(admit1(st, "u1", k, 1000, 60000, 10, false).admitted);
@@ -709,6 +722,7 @@ CASE(key_listed_twice)
 	struct store_admit_req req;
 	struct store_admit_res r;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	req_init(&req, "d1", 600000, false);
@@ -797,6 +811,7 @@ CASE(quota_balance)
 	struct store_admit_res r;
 	struct quota_out q;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	q = quota(st, QGET, "chat_quota:nobody", 0);
@@ -846,6 +861,7 @@ CASE(noscript_recovery)
 	struct store *st = open_default();
 	const char *k = "tollgate:{x}:rl:r:0:k:60000";
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	CHECK(admit1(st, "x1", k, 1000, 60000, 10, false).admitted);
@@ -882,6 +898,7 @@ static void race(const char *key, bool strict, int64_t limit, int64_t est, int *
 
 	for (int i = 0; i < 3; i++)
 		st[i] = open_default();
+	CHECK(st[0] && st[1] && st[2]);
 	if (!st[0] || !st[1] || !st[2])
 		goto out;
 	for (int i = 0; i < 200; i++) {
@@ -943,6 +960,7 @@ CASE(redis_killed)
 	st = open_store(TG_FAIL_LOCAL, &local, 50, 3, 300);
 	st_open = open_store(TG_FAIL_OPEN, NULL, 50, 3, 300);
 	st_closed = open_store(TG_FAIL_CLOSED, NULL, 50, 3, 300);
+	CHECK(st && st_open && st_closed);
 	if (!st || !st_open || !st_closed)
 		goto out;
 	store_redis_set_local_share(st, 1. / 3);
@@ -1043,6 +1061,7 @@ CASE(redis_paused)
 
 	memset(&f, 0, sizeof(f));
 	st = open_store(TG_FAIL_LOCAL, &local, 50, 3, 200);
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	CHECK(strcmp(cmd("SET chat_quota:p 1000"), "OK") == 0);
@@ -1094,8 +1113,10 @@ CASE(local_fallback_store_mem)
 	const char *k = "tollgate:{m}:rl:r:0:k:60000";
 	int adm = 0;
 
-	if (!mkdtemp(dir))
+	if (!mkdtemp(dir)) {
+		CHECK(!"mkdtemp failed");
 		return;
+	}
 	mem = store_mem_open(dir, err, sizeof(err));
 	CHECK(mem != NULL);
 	if (!mem)
@@ -1138,6 +1159,7 @@ CASE(close_with_calls_in_flight)
 	struct settle_out so;
 	long before = answered;
 
+	CHECK(st != NULL);
 	if (!st)
 		return;
 	for (int i = 0; i < 20; i++) {
@@ -1267,6 +1289,15 @@ CASE(bench_admissions_per_second)
 	close_store(b.st);
 }
 
+/* Last: every call any case made was answered once. */
+CASE(every_callback_exactly_once)
+{
+	run_for(0.05);
+	CHECK(issued == answered);
+	if (issued != answered)
+		fprintf(stderr, "  %ld calls, %ld callbacks\n", issued, answered);
+}
+
 int main(void)
 {
 	ev_timer poke;
@@ -1286,31 +1317,12 @@ int main(void)
 		redis_kill();
 		return 1;
 	}
-	RUN(connects_and_loads_scripts);
-	RUN(admission_boundary);
-	RUN(all_or_nothing);
-	RUN(strict);
-	RUN(sliding_window);
-	RUN(lease_expiry_and_late_settlement);
-	RUN(settle_exactly_once);
-	RUN(rid_reused);
-	RUN(key_listed_twice);
-	RUN(quota_balance);
-	RUN(auth_and_select);
-	RUN(noscript_recovery);
-	RUN(concurrency_three_connections);
-	RUN(close_with_calls_in_flight);
-	RUN(redis_paused);
-	RUN(redis_killed);
-	RUN(local_fallback_store_mem);
-	RUN(bench_admissions_per_second);
-	run_for(0.05);
-	check_case_failed = 0;
-	CHECK(issued == answered);
-	if (issued != answered)
-		fprintf(stderr, "  %ld calls, %ld callbacks\n", issued, answered);
-	printf("%s: every_callback_exactly_once\n", check_case_failed ? "FAIL" : "PASS");
-	check_any_failed |= check_case_failed;
+	RUN_ALL(connects_and_loads_scripts, admission_boundary, all_or_nothing, strict,
+	        sliding_window, lease_expiry_and_late_settlement, settle_exactly_once, rid_reused,
+	        key_listed_twice, quota_balance, auth_and_select, noscript_recovery,
+	        concurrency_three_connections, close_with_calls_in_flight, redis_paused, redis_killed,
+	        local_fallback_store_mem, bench_admissions_per_second,
+	        every_callback_exactly_once);
 	redis_kill();
 	ev_timer_stop(loop, &poke);
 	ev_loop_destroy(loop);
