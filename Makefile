@@ -1,7 +1,8 @@
 # Tollgate -- build, test, fuzz, bench, demo.
 #
 #   make            build/tollgate and build/libspop.a, warning-free (-Werror)
-#   make test       every test; last line "N passed, N failed"
+#   make deps       the Debian packages of tests/deps.sh: checked, installed as root
+#   make test       every test; last line "N passed, N failed, N skipped"
 #   make asan       the same suite under AddressSanitizer + UBSan (build-asan/)
 #   make fuzz       longer fuzzing: SPOP codec, body parsers (the suite fuzzes briefly)
 #   make bench      benchmarks (SPOP load generator, HAProxy +/- agent)
@@ -23,7 +24,7 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HDRS      := $(wildcard spoe/*.h agent/*.h tests/unit/*.h)
 
-.PHONY: all test asan fuzz bench demo compat clean
+.PHONY: all deps test asan fuzz bench demo compat clean
 all: $(BUILD)/tollgate $(BUILD)/libspop.a $(UNIT_BIN) $(BUILD)/spop-load
 
 $(BUILD)/%.o: %.c $(HDRS)
@@ -51,7 +52,12 @@ $(BUILD)/spop-load: tests/bench/spop-load.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE $< -o $@ -lpthread
 
-test: all
+# the Debian packages (tests/deps.sh): checked first, installed as root
+deps:
+	@sh tests/deps.sh
+
+test: deps
+	$(MAKE) all
 	BUILD=$(BUILD) tests/run.sh
 
 compat: all
@@ -68,7 +74,8 @@ bench: all
 	BUILD=$(BUILD) tests/bench/gateway.sh
 	BUILD=$(BUILD) tests/bench/governance.sh
 
-demo: all
+demo: deps
+	$(MAKE) all
 	BUILD=$(BUILD) examples/demo.sh
 
 clean:
