@@ -61,17 +61,29 @@ fail:
 	return -1;
 }
 
-int net_listen(const char *addr, bool reuseport, char *err, size_t errlen)
+int net_resolve(const char *addr, bool connect_to, struct sockaddr_storage *sa,
+                socklen_t *salen, char *err, size_t errlen)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
 	struct addrinfo *res = NULL;
 	char host[256];
 	const char *colon, *path, *h;
-	int fd = -1, one = 1, rc;
 	size_t hlen;
+	int rc;
 
-	if (net_is_unix(addr, &path))
-		return listen_unix(path, err, errlen);
+	if (net_is_unix(addr, &path)) {
+		struct sockaddr_un *sun = (struct sockaddr_un *)sa;
+
+		if (strlen(path) >= sizeof(sun->sun_path)) {
+			snprintf(err, errlen, "unix socket path too long: %s", path);
+			return -1;
+		}
+		memset(sun, 0, sizeof(*sun));
+		sun->sun_family = AF_UNIX;
+		memcpy(sun->sun_path, path, strlen(path) + 1);
+		*salen = sizeof(*sun);
+		return 0;
+	}
 	colon = strrchr(addr, ':');
 	if (!colon || !colon[1]) {
 		snprintf(err, errlen, "address %s: expected host:port", addr);
@@ -89,26 +101,49 @@ int net_listen(const char *addr, bool reuseport, char *err, size_t errlen)
 	}
 	memcpy(host, h, hlen);
 	host[hlen] = 0;
+	if (connect_to) {       /* a wildcard names this host */
+		hints.ai_flags = 0;
+		if (!hlen || !strcmp(host, "0.0.0.0") || !strcmp(host, "*"))
+			snprintf(host, sizeof(host), "127.0.0.1");
+		else if (!strcmp(host, "::"))
+			snprintf(host, sizeof(host), "::1");
+		hlen = strlen(host);
+	}
 	rc = getaddrinfo(hlen ? host : NULL, colon + 1, &hints, &res);
-	if (rc != 0) {
-		snprintf(err, errlen, "address %s: %s", addr, gai_strerror(rc));
+	if (rc != 0 || !res) {
+		snprintf(err, errlen, "address %s: %s", addr, rc ? gai_strerror(rc) : "no address");
 		return -1;
 	}
-	fd = socket(res->ai_family, SOCK_STREAM, 0);
+	memcpy(sa, res->ai_addr, res->ai_addrlen);
+	*salen = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+int net_listen(const char *addr, bool reuseport, char *err, size_t errlen)
+{
+	struct sockaddr_storage sa;
+	socklen_t salen;
+	const char *path;
+	int fd, one = 1;
+
+	if (net_is_unix(addr, &path))
+		return listen_unix(path, err, errlen);
+	if (net_resolve(addr, false, &sa, &salen, err, errlen) != 0)
+		return -1;
+	fd = socket(sa.ss_family, SOCK_STREAM, 0);
 	if (fd < 0)
 		goto fail;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (reuseport)
 		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 1024) < 0 ||
+	if (bind(fd, (struct sockaddr *)&sa, salen) < 0 || listen(fd, 1024) < 0 ||
 	    net_set_nonblock(fd) < 0)
 		goto fail;
-	freeaddrinfo(res);
 	return fd;
 fail:
 	snprintf(err, errlen, "address %s: %s", addr, strerror(errno));
 	if (fd >= 0)
 		close(fd);
-	freeaddrinfo(res);
 	return -1;
 }

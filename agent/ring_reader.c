@@ -25,12 +25,10 @@
  * opened again at the next tick, within a second.
  */
 #include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -92,43 +90,17 @@ static void sess_free(struct rr_sess *s)
 /* The address of agent.settle, resolved once (again after a failure). */
 static int resolve(struct ring_reader *rr)
 {
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
-	const char *path, *colon, *h = rr->addr;
-	char host[256];
-	size_t hlen;
+	char err[256];
 
 	if (rr->salen)
 		return 0;
-	if (net_is_unix(rr->addr, &path)) {
-		struct sockaddr_un *sun = (struct sockaddr_un *)&rr->sa;
-
-		if (strlen(path) >= sizeof(sun->sun_path))
-			return -1;
-		sun->sun_family = AF_UNIX;
-		memcpy(sun->sun_path, path, strlen(path) + 1);
-		rr->salen = sizeof(*sun);
+	if (net_resolve(rr->addr, true, &rr->sa, &rr->salen, err, sizeof(err)) == 0)
 		return 0;
-	}
-	colon = strrchr(h, ':');
-	if (!colon || !colon[1])
-		return -1;
-	hlen = (size_t)(colon - h);
-	if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
-		h++;
-		hlen -= 2;
-	}
-	if (hlen >= sizeof(host))
-		return -1;
-	memcpy(host, h, hlen);
-	host[hlen] = 0;
-	/* a wildcard names this host: HAProxy listens on every interface */
-	if (getaddrinfo(!hlen || !strcmp(host, "0.0.0.0") || !strcmp(host, "*") ? "127.0.0.1" :
-	                !strcmp(host, "::") ? "::1" : host, colon + 1, &hints, &res) != 0 || !res)
-		return -1;
-	memcpy(&rr->sa, res->ai_addr, res->ai_addrlen);
-	rr->salen = res->ai_addrlen;
-	freeaddrinfo(res);
-	return 0;
+	if (!rr->warned_connect)
+		log_warn("settlement ring: %s (retrying)", err);
+	rr->warned_connect = true;
+	rr->salen = 0;
+	return -1;
 }
 
 /* One line of a session's output (without its '\n'). */
@@ -264,12 +236,8 @@ static void open_session(struct ring_reader *rr, bool probe)
 	struct rr_sess *s;
 	int fd;
 
-	if (resolve(rr) != 0) {
-		if (!rr->warned_connect)
-			log_warn("settlement ring: cannot resolve %s (retrying)", rr->addr);
-		rr->warned_connect = true;
+	if (resolve(rr) != 0)
 		return;
-	}
 	fd = socket(rr->sa.ss_family, SOCK_STREAM, 0);
 	if (fd < 0 || net_set_nonblock(fd) < 0) {
 		if (fd >= 0)

@@ -545,8 +545,12 @@ def in_flight_settled_exactly_across_agent_stop_and_kill(c):
 def in_flight_settled_exactly_across_haproxy_reload(c):
     """Streams and JSON answers in flight while HAProxy reloads (master-worker,
     SIGUSR2): the old worker finishes them and its records are read to its
-    end, while requests on the new worker settle too; each exactly once."""
-    gw = G.start_gateway(c.env, config(c.up.port), name="mw", master_worker=True)
+    end, while requests on the new worker settle too; each exactly once.
+    (agent.settle is a unix socket here, a TCP one everywhere else.)"""
+    cfg = config(c.up.port)
+    # and the ring read over a unix socket this time
+    cfg.setdefault("agent", {})["settle"] = "unix:" + c.env.path("mw-settle.sock")
+    gw = G.start_gateway(c.env, cfg, name="mw", master_worker=True)
     try:
         gw.set_quota("meter-a", QUOTA0)
         model = "m-flight-reload"
