@@ -41,6 +41,7 @@
 
 #define RR_BUF     (64 * 1024)   /* > the longest record (ring maxlen 2048) */
 #define RR_PROBE_S 1.0
+#define RR_ANSWER_S 5.0          /* connect + show info, at most */
 
 struct rr_sess {
 	struct ring_reader *rr;
@@ -50,6 +51,7 @@ struct rr_sess {
 	bool sent;                 /* connected, command written */
 	bool events;               /* past show info's section: records follow */
 	bool draining;             /* an older worker's session, read to its end */
+	ev_tstamp started;
 	long pid;
 	size_t len;
 	char buf[RR_BUF];
@@ -59,7 +61,6 @@ struct rr_sess {
 struct ring_reader {
 	struct agent *a;
 	char *addr;
-	char ring[64];
 	struct sockaddr_storage sa;
 	socklen_t salen;
 	ev_timer tick;
@@ -131,7 +132,7 @@ static void on_line(struct rr_sess *s, char *line, size_t len)
 	 * the CLI refusing the command (level, unknown ring), a malformed one */
 	if (!rr->warned_line) {
 		rr->warned_line = true;
-		log_warn("settlement ring %s on %s: \"%.*s\"", rr->ring, rr->addr,
+		log_warn("settlement ring " RING_READER_RING " on %s: \"%.*s\"", rr->addr,
 		         (int)(len > 200 ? 200 : len), line);
 	}
 }
@@ -192,7 +193,7 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 			log_info("settlement ring: connected to HAProxy's CLI at %s", rr->addr);
 		rr->warned_connect = false;
 		len = s->probe ? snprintf(cmd, sizeof(cmd), "show info\n")
-		      : snprintf(cmd, sizeof(cmd), "show info;show events %s -w\n", rr->ring);
+		      : snprintf(cmd, sizeof(cmd), "show info;show events " RING_READER_RING " -w\n");
 		if (write(s->fd, cmd, (size_t)len) != len) {
 			sess_free(s);
 			return;
@@ -261,6 +262,7 @@ static void open_session(struct ring_reader *rr, bool probe)
 	s->rr = rr;
 	s->fd = fd;
 	s->probe = probe;
+	s->started = ev_now(rr->a->loop);
 	LIST_PUSH(rr->sessions, s);
 	if (probe)
 		rr->probing = s;
@@ -275,7 +277,16 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct ring_reader *rr = w->data;
 
-	(void)loop; (void)revents;
+	(void)revents;
+	/* a connection or a show info that does not answer in time is dropped */
+	for (struct rr_sess *s = rr->sessions, *next; s; s = next) {
+		next = s->next;
+		if (!s->events && ev_now(loop) - s->started > RR_ANSWER_S) {
+			log_warn("settlement ring: no answer from HAProxy's CLI at %s in %.0f s",
+			         rr->addr, RR_ANSWER_S);
+			sess_free(s);
+		}
+	}
 	if (!rr->cur)
 		open_session(rr, false);
 	else if (!rr->probing && rr->cur->pid > 0)
@@ -293,7 +304,6 @@ struct ring_reader *ring_reader_new(struct agent *a, const char *addr, char *err
 		return NULL;
 	}
 	rr->a = a;
-	snprintf(rr->ring, sizeof(rr->ring), "%s", RING_READER_RING);
 	ev_timer_init(&rr->tick, on_tick, 0., RR_PROBE_S);
 	rr->tick.data = rr;
 	ev_timer_start(a->loop, &rr->tick);
