@@ -14,9 +14,11 @@
 #include "admit.h"
 #include "agent.h"
 #include "auth.h"
+#include "answer.h"
 #include "gateway.h"
 #include "log.h"
 #include "meter.h"
+#include "models.h"
 #include "telemetry.h"
 #include "quota_admin.h"
 #include "route.h"
@@ -42,43 +44,6 @@ struct pending {
 	ev_tstamp t0, t_store;
 	struct admit_plan plan;
 };
-
-/* ---- answering ------------------------------------------------------ */
-
-static void json_escape(char *out, size_t outlen, const char *s)
-{
-	size_t o = 0;
-
-	for (; *s && o + 7 < outlen; s++) {
-		unsigned char c = (unsigned char)*s;
-
-		if (c == '"' || c == '\\') {
-			out[o++] = '\\';
-			out[o++] = (char)c;
-		} else if (c < 0x20) {
-			o += (size_t)snprintf(out + o, outlen - o, "\\u%04x", c);
-		} else {
-			out[o++] = (char)c;
-		}
-	}
-	out[o] = 0;
-}
-
-void gateway_deny(struct spop_tx *tx, int status, const char *type, const char *code,
-                  const char *message)
-{
-	char msg[512], body[768];
-	int n;
-
-	json_escape(msg, sizeof(msg), message);
-	n = snprintf(body, sizeof(body),
-	             "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"code\":\"%s\"}}",
-	             msg, type, code);
-	tx_set_str(tx, "decision", "deny", 4);
-	tx_set_int(tx, "status", status);
-	tx_set_str(tx, "ctype", "json", 4);
-	tx_set_str(tx, "body", body, (size_t)n);
-}
 
 /* Names and models go into ctx, a space-free, comma-separated record. */
 static void ctx_field(char *out, size_t outlen, const char *s)
@@ -272,7 +237,7 @@ static void admit_done(const struct store_admit_res *res, void *arg)
 
 		tel_store_error(p->a->metrics);
 		if (fm == TG_FAIL_CLOSED) {
-			gateway_deny(p->tx, 503, "server_error", "store_unavailable",
+			answer_error(p->tx, 503, "server_error", "store_unavailable",
 			             "Token budget store unavailable");
 			count_decision(p, "store_closed", 503);
 		} else {
@@ -294,7 +259,7 @@ static void admit_done(const struct store_admit_res *res, void *arg)
 			set_allow(p, &v);
 			count_decision(p, "allow", 200);
 		} else {
-			gateway_deny(p->tx, v.status, v.type,
+			answer_error(p->tx, v.status, v.type,
 			             v.status == 403 ? "insufficient_quota" : "rate_limit_exceeded",
 			             v.message);
 			if (v.retry_after) {
@@ -369,12 +334,12 @@ static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 	struct req_view view, *r = &view;   /* used only before this returns */
 	struct pending *p;
 	enum auth_rc arc;
-	char hmodel[128];
+	char hmodel[128], mid[128];
 	const char *model;
 	enum quota_op qop;
 
 	if (!(p = pending_new())) {
-		gateway_deny(tx, 503, "server_error", "agent_overloaded", "Out of memory");
+		answer_error(tx, 503, "server_error", "agent_overloaded", "Out of memory");
 		return;
 	}
 	p->a = a;
@@ -382,21 +347,54 @@ static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 	p->tx = tx;
 	p->t0 = ev_time();
 	if (req_parse(msg, r) != 0) {
-		gateway_deny(tx, 400, "invalid_request_error", "bad_request", "Malformed request headers");
+		answer_error(tx, 400, "invalid_request_error", "bad_request", "Malformed request headers");
 		count_decision(p, "invalid", 400);
 		goto done;
 	}
 	meter_parse_request(r->body.ptr, r->body.len, &p->lr);
 	if (p->lr.duplicate_key) {
-		gateway_deny(tx, 400, "invalid_request_error", "duplicate_key",
+		answer_error(tx, 400, "invalid_request_error", "duplicate_key",
 		             "The request body names a member twice: which one counts is ambiguous");
 		count_decision(p, "invalid", 400);
+		goto done;
+	}
+	if (models_call(r, mid, sizeof(mid))) {
+		/* GET /v1/models[/id]: who calls decides what is listed */
+		arc = auth_identify(rt->auth, r, &consumer);
+		if (arc == AUTH_MISSING && models_anonymous_visible(cfg))
+			arc = AUTH_OK;
+		if (arc != AUTH_OK) {
+			answer_error(tx, auth_status(arc), "invalid_request_error",
+			             auth_status(arc) == 401 ? "invalid_api_key" : "forbidden",
+			             auth_message(arc));
+			count_decision(p, "auth", auth_status(arc));
+			goto done;
+		}
+		p->consumer = consumer;
+		models_answer(tx, cfg, consumer, mid);
+		count_decision(p, "models", 200);
 		goto done;
 	}
 	model = request_model(r, &p->lr, hmodel, sizeof(hmodel));
 	if (!p->lr.model[0])
 		snprintf(p->lr.model, sizeof(p->lr.model), "%s", model);
 	qop = quota_admin_match(cfg, r->path, model, &route);
+	if (qop == QUOTA_OP_NONE && str_eq(r->method, "POST") && route_is_ai_path(r->path)) {
+		/* OpenAI's answers (and wording) for a body it cannot use */
+		if (!p->lr.json) {
+			answer_error(tx, 400, "invalid_request_error", "invalid_json",
+			             "We could not parse the JSON body of your request. The API expects "
+			             "a JSON payload, but what was sent was not valid JSON.");
+			count_decision(p, "invalid", 400);
+			goto done;
+		}
+		if (!model[0]) {
+			answer_error(tx, 400, "invalid_request_error", "missing_model",
+			             "you must provide a model parameter");
+			count_decision(p, "invalid", 400);
+			goto done;
+		}
+	}
 	if (qop == QUOTA_OP_NONE)
 		route = route_match(cfg, model, r->path);
 	p->route = route;
@@ -405,7 +403,7 @@ static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 
 		snprintf(m, sizeof(m), "The model `%s` does not exist or you do not have access to it.",
 		         model[0] ? model : "(none)");
-		gateway_deny(tx, 404, "invalid_request_error", "model_not_found", m);
+		answer_error(tx, 404, "invalid_request_error", "model_not_found", m);
 		count_decision(p, "no_route", 404);
 		goto done;
 	}
@@ -414,7 +412,7 @@ static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 		if (arc == AUTH_OK && !auth_allowed(route, consumer))
 			arc = AUTH_DENIED;
 		if (arc != AUTH_OK) {
-			gateway_deny(tx, auth_status(arc), "invalid_request_error",
+			answer_error(tx, auth_status(arc), "invalid_request_error",
 			             auth_status(arc) == 401 ? "invalid_api_key" : "forbidden",
 			             auth_message(arc));
 			count_decision(p, "auth", auth_status(arc));
@@ -428,7 +426,7 @@ static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 		goto done;
 	}
 	if (!route_is_ai_path(r->path)) {
-		/* Authenticated, routed, not an LLM call (e.g. /v1/models): pass. */
+		/* Authenticated, routed, not an LLM call (e.g. /v1/files): pass. */
 		route_upstream(route, r, model, rt->turns[route->provider - cfg->providers]++, &p->up);
 		set_allow(p, NULL);
 		count_decision(p, "allow", 200);

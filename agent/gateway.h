@@ -7,8 +7,5 @@
 struct agent;
 
 void gateway_register(struct spop_server *srv, struct agent *a);
-/* Answer a request with an OpenAI-shaped error: decision=deny. */
-void gateway_deny(struct spop_tx *tx, int status, const char *type, const char *code,
-                  const char *message);
 
 #endif

@@ -17,7 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "agent.h"
-#include "gateway.h"
+#include "answer.h"
 #include "http_server.h"
 #include "log.h"
 #include "quota_admin.h"
@@ -80,10 +80,7 @@ struct qcall {
 static void qcall_answer(struct qcall *q, int status, bool json, const char *body)
 {
 	if (q->tx) {
-		tx_set_str(q->tx, "decision", "admin", 5);
-		tx_set_int(q->tx, "status", status);
-		tx_set_str(q->tx, "ctype", json ? "json" : "text", 4);
-		tx_set_str(q->tx, "body", body, strlen(body));
+		answer_body(q->tx, status, json ? "json" : "text", body, strlen(body));
 		tx_release(q->tx);
 	} else {
 		http_reply(q->req, status, json ? "application/json" : "text/plain", body,
@@ -168,19 +165,19 @@ void quota_admin_spop(struct agent *a, struct spop_tx *tx, const struct tg_route
 	bool has_value = false;
 
 	if (consumer != quota->admin) {
-		gateway_deny(tx, 403, "invalid_request_error", "forbidden",
+		answer_error(tx, 403, "invalid_request_error", "forbidden",
 		             "Request denied by ai quota check. Only the admin consumer can use the quota API");
 		return;
 	}
 	if ((op == QUOTA_OP_QUERY) != str_eq(r->method, "GET")) {
-		gateway_deny(tx, 405, "invalid_request_error", "method_not_allowed",
+		answer_error(tx, 405, "invalid_request_error", "method_not_allowed",
 		             op == QUOTA_OP_QUERY ? "Use GET to query a quota"
 		                                  : "Use POST to change a quota");
 		return;
 	}
 	q = calloc(1, sizeof(*q));
 	if (!q) {
-		gateway_deny(tx, 503, "server_error", "agent_overloaded", "Out of memory");
+		answer_error(tx, 503, "server_error", "agent_overloaded", "Out of memory");
 		return;
 	}
 	q->a = a;

@@ -79,9 +79,9 @@ def config(up_port):
              "auth": {"enabled": True, "allow": ["aliyun-user1"]}},
             {"name": "azure-model", "provider": "az2", "models": ["azm-*"],
              "auth": {"enabled": True, "allow": ["aliyun-user1"]}},
-            {"name": "private", "provider": "aliyun", "models": ["private-*"],
+            {"name": "private", "provider": "aliyun", "models": ["private-*", "private-one"],
              "auth": {"enabled": True, "allow": ["outsider"]}},
-            {"name": "open", "provider": "aliyun", "models": ["open-*"]},
+            {"name": "open", "provider": "aliyun", "models": ["open-*", "open-exact"]},
             {"name": "clamp", "provider": "aliyun", "models": ["clamp-*"],
              "auth": {"enabled": True, "allow": ["aliyun-user2"]},
              "plugins": {"ai-token-ratelimit": {
@@ -215,8 +215,71 @@ def unknown_model_is_404(c):
     assert "nope-7" in e["message"], e
     expect_error(c, "POST", CHAT, chat_body(None), {"x-api-key": USER1,
                  "x-higress-llm-model": "nope-8"}, 404, "unknown model in x-higress-llm-model")
-    expect_error(c, "POST", CHAT, chat_body(None), {"x-api-key": USER1}, 404,
-                 "no model at all")
+
+
+
+@case
+def unusable_body_is_400_as_openai_says(c):
+    e = expect_error(c, "POST", CHAT, chat_body(None), {"x-api-key": USER1}, 400,
+                     "no model at all")
+    assert e["type"] == "invalid_request_error" and e["code"] == "missing_model", e
+    assert e["message"] == "you must provide a model parameter", e
+    e = expect_error(c, "POST", CHAT, '{"model": "qwen-max", "messages": [',
+                     {"x-api-key": USER1, "Content-Type": "application/json"}, 400,
+                     "a body that is not JSON")
+    assert e["type"] == "invalid_request_error" and e["code"] == "invalid_json", e
+    assert e["message"].startswith("We could not parse the JSON body of your request."), e
+    # the admin API on the same path still takes its form bodies
+    st, _, data = c.gw.post(CHAT + "/quota/delta", "consumer=aliyun-user1&value=0",
+                            {"x-api-key": ADMIN, "x-higress-llm-model": "qwen-max",
+                             "Content-Type": "application/x-www-form-urlencoded"})
+    assert st == 200 and b"delta quota successful" in data, (st, data)
+
+
+# ------------------------------------------------------------------ models
+
+def models_of(c, headers):
+    st, h, data = c.gw.get("/v1/models", headers)
+    assert st == 200, (st, data[:300])
+    assert (h.get("content-type") or "").startswith("application/json"), h.get("content-type")
+    body = json.loads(data)
+    assert body["object"] == "list", body
+    for m in body["data"]:
+        assert m["object"] == "model" and isinstance(m["created"], int), m
+    return {m["id"]: m["owned_by"] for m in body["data"]}
+
+
+@case
+def models_listed_for_the_caller(c):
+    n = len(c.up.requests())
+    # exact names of the routes the caller may use (globs are not listed),
+    # and the client-side names of model_mapping
+    assert models_of(c, {"x-api-key": USER1}) == {"gpt-mapped": "aliyun",
+                                                  "open-exact": "aliyun"}
+    assert models_of(c, {"Authorization": "Bearer " + OUTSIDER}) == {"private-one": "aliyun",
+                                                                     "open-exact": "aliyun"}
+    # no key: what needs none (the open route)
+    assert models_of(c, {}) == {"open-exact": "aliyun"}
+    expect_error(c, "GET", "/v1/models", None, {"x-api-key": "no-such-key"}, 403,
+                 "an unknown key")
+    expect_error(c, "GET", "/v1/models", None, {"x-api-key": USER1, "Authorization":
+                                                "Bearer " + USER2}, 401, "two keys")
+    assert len(c.up.requests()) == n, "a models call reached the upstream"
+
+
+@case
+def model_retrieved_as_it_would_be_routed(c):
+    st, _, data = c.gw.get("/v1/models/qwen-max", {"x-api-key": USER1})
+    assert st == 200, (st, data[:300])
+    assert json.loads(data) == {"id": "qwen-max", "object": "model", "created": 0,
+                                "owned_by": "aliyun"}, data
+    st, _, data = c.gw.get("/v1/models/azure-4o", {"x-api-key": USER1})
+    assert st == 200 and json.loads(data)["owned_by"] == "az", (st, data)
+    e = expect_error(c, "GET", "/v1/models/qwen-max", None, {"x-api-key": OUTSIDER}, 404,
+                     "a model of a route the caller may not use")
+    assert e["code"] == "model_not_found" and "qwen-max" in e["message"], e
+    expect_error(c, "GET", "/v1/models/nope-1", None, {"x-api-key": USER1}, 404,
+                 "no route has it")
 
 
 @case

@@ -38,6 +38,7 @@ SDK_CASES = [
     "responses_plain", "embeddings", "unknown_key_permission_denied",
     "unknown_key_stream_permission_denied", "not_allowed_consumer_permission_denied",
     "no_key_authentication_error", "two_keys_authentication_error", "unknown_model_not_found",
+    "models_list", "models_retrieve",
 ]
 
 
@@ -51,7 +52,7 @@ def config(up_port):
                       {"name": "sdk-other", "credential": OTHER}],
         "key_auth": {"keys": ["x-api-key", "authorization"], "in_header": True},
         "routes": [
-            {"name": "sdk", "provider": "openai-up", "models": ["qwen-*"],
+            {"name": "sdk", "provider": "openai-up", "models": ["qwen-*", "qwen-max"],
              "auth": {"enabled": True, "allow": ["sdk-user"]}},
             {"name": "other", "provider": "openai-up", "models": ["other-*"],
              "auth": {"enabled": True, "allow": ["sdk-other"]}},

@@ -153,6 +153,22 @@ const cases = {
 		await expectError(() => client(goodKey).chat.completions.create({ model: "no-such-model", messages }),
 		                  OpenAI.NotFoundError, 404);
 	},
+
+	async models_list() {
+		// the exact names of the routes this key may use, nothing of the others'
+		const ids = [];
+		for await (const m of client(goodKey).models.list()) {
+			eq(m.object, "model", "object");
+			ids.push(m.id);
+		}
+		eq(ids, [MODEL], "models.list() ids");
+	},
+
+	async models_retrieve() {
+		const m = await client(goodKey).models.retrieve(MODEL);
+		eq([m.id, m.object, m.owned_by], [MODEL, "model", "openai-up"], "models.retrieve()");
+		await expectError(() => client(goodKey).models.retrieve("other-1"), OpenAI.NotFoundError, 404);
+	},
 };
 
 let failed = 0;
