@@ -46,6 +46,15 @@ void answer_error(struct spop_tx *tx, int status, const char *type, const char *
 	tx_set_str(tx, "body", body, (size_t)n);
 }
 
+void answer_model_not_found(struct spop_tx *tx, const char *model)
+{
+	char m[256];
+
+	snprintf(m, sizeof(m), "The model `%s` does not exist or you do not have access to it.",
+	         model);
+	answer_error(tx, 404, "invalid_request_error", "model_not_found", m);
+}
+
 void answer_body(struct spop_tx *tx, int status, const char *ctype, const char *body,
                  size_t len)
 {

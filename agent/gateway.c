@@ -310,6 +310,13 @@ static void admit_start(struct pending *p, const struct req_view *r)
 
 /* ---- the message ---------------------------------------------------- */
 
+static void deny_auth(struct pending *p, enum auth_rc arc)
+{
+	answer_error(p->tx, auth_status(arc), "invalid_request_error",
+	             auth_status(arc) == 401 ? "invalid_api_key" : "forbidden", auth_message(arc));
+	count_decision(p, "auth", auth_status(arc));
+}
+
 static const char *request_model(const struct req_view *r, const struct llm_request *lr,
                                  char *buf, size_t buflen)
 {
@@ -364,10 +371,7 @@ static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 		if (arc == AUTH_MISSING && models_anonymous_visible(cfg))
 			arc = AUTH_OK;
 		if (arc != AUTH_OK) {
-			answer_error(tx, auth_status(arc), "invalid_request_error",
-			             auth_status(arc) == 401 ? "invalid_api_key" : "forbidden",
-			             auth_message(arc));
-			count_decision(p, "auth", auth_status(arc));
+			deny_auth(p, arc);
 			goto done;
 		}
 		p->consumer = consumer;
@@ -399,11 +403,7 @@ static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 		route = route_match(cfg, model, r->path);
 	p->route = route;
 	if (!route) {
-		char m[256];
-
-		snprintf(m, sizeof(m), "The model `%s` does not exist or you do not have access to it.",
-		         model[0] ? model : "(none)");
-		answer_error(tx, 404, "invalid_request_error", "model_not_found", m);
+		answer_model_not_found(tx, model[0] ? model : "(none)");
 		count_decision(p, "no_route", 404);
 		goto done;
 	}
@@ -412,10 +412,7 @@ static void on_request(struct spop_tx *tx, struct spop_msg *msg, void *arg)
 		if (arc == AUTH_OK && !auth_allowed(route, consumer))
 			arc = AUTH_DENIED;
 		if (arc != AUTH_OK) {
-			answer_error(tx, auth_status(arc), "invalid_request_error",
-			             auth_status(arc) == 401 ? "invalid_api_key" : "forbidden",
-			             auth_message(arc));
-			count_decision(p, "auth", auth_status(arc));
+			deny_auth(p, arc);
 			goto done;
 		}
 	}

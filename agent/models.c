@@ -103,11 +103,7 @@ void models_answer(struct spop_tx *tx, const struct tg_config *cfg,
 				root = model_object(id, rt->provider->name);
 		}
 		if (!root) {
-			char m[256];
-
-			snprintf(m, sizeof(m), "The model `%s` does not exist or you do not have "
-			         "access to it.", id);
-			answer_error(tx, 404, "invalid_request_error", "model_not_found", m);
+			answer_model_not_found(tx, id);
 			return;
 		}
 	} else {
