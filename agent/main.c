@@ -9,6 +9,7 @@
  * start and orderly stop of every subsystem.
  */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,8 +38,10 @@ static void usage(FILE *f)
 	fprintf(f,
 	        "usage: tollgate --config FILE            run the agent\n"
 	        "       tollgate check --config FILE      validate the configuration\n"
-	        "       tollgate haproxy-config --config FILE --out DIR\n"
+	        "       tollgate haproxy-config --config FILE --out DIR [--fragment]\n"
 	        "                                         render DIR/haproxy.cfg, spoe.conf, tollgate.lua\n"
+	        "                                         (--fragment: DIR/tollgate.cfg, to load after\n"
+	        "                                         an existing haproxy.cfg with one more -f)\n"
 	        "       tollgate --version\n");
 }
 
@@ -273,6 +276,7 @@ int main(int argc, char **argv)
 	struct agent a = { 0 };
 	struct tg_config *cfg;
 	const char *cmd = "run", *out = NULL;
+	bool fragment = false;
 	char err[512];
 	int i = 1, rc;
 
@@ -287,6 +291,8 @@ int main(int argc, char **argv)
 			return 0;
 		} else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
 			out = argv[++i];
+		} else if (strcmp(argv[i], "--fragment") == 0) {
+			fragment = true;
 		} else if ((strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "-c") == 0) &&
 		           i + 1 < argc) {
 			a.config_path = argv[++i];
@@ -320,11 +326,12 @@ int main(int argc, char **argv)
 		if (!out) {
 			fprintf(stderr, "tollgate: haproxy-config needs --out DIR\n");
 			rc = 2;
-		} else if (render_haproxy(cfg, out, err, sizeof(err)) != 0) {
+		} else if (render_haproxy(cfg, out, fragment, err, sizeof(err)) != 0) {
 			fprintf(stderr, "tollgate: %s\n", err);
 			rc = 1;
 		} else {
-			printf("%s/haproxy.cfg, %s/spoe.conf, %s/tollgate.lua written\n", out, out, out);
+			printf("%s/%s, %s/spoe.conf, %s/tollgate.lua written\n", out,
+			       fragment ? "tollgate.cfg" : "haproxy.cfg", out, out);
 		}
 		config_free(cfg);
 		return rc;

@@ -214,7 +214,7 @@ class Gateway:
         return H.wait_for(ok, timeout, 0.1, "HAProxy getting verdicts from the agent again")
 
 
-def _fill(env, cfg, name=""):
+def fill_config(env, cfg, name=""):
     """A deep copy of cfg with free ports, sockets and a state_dir of its own
     (prefixed with NAME- when several gateways share an env). As root, HAProxy
     runs as the packaged service runs it: chroot, user and group haproxy
@@ -258,7 +258,7 @@ def start_gateway(env, cfg, zero_warning=True, timeout=15.0, name="", master_wor
     runs with -W (H.haproxy_reload works). HAProxy must start without a
     warning, as `haproxy -c -dW` must accept the configuration."""
     pre = name + "-" if name else ""
-    cfg = _fill(env, cfg, name)
+    cfg = fill_config(env, cfg, name)
     out_dir = env.path(pre + "rendered")
     os.makedirs(out_dir, exist_ok=True)
     cfg_path = render(env, cfg, out_dir, name)
