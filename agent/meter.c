@@ -257,7 +257,8 @@ char *meter_rewrite_request(const char *body, size_t len, bool add_include_usage
 			if (!v)
 				continue;
 			any = true;
-			if (cJSON_IsNumber(v) && v->valuedouble <= (double)max_tokens)
+			if (cJSON_IsNumber(v) && v->valuedouble >= 0 &&
+			    v->valuedouble <= (double)max_tokens)
 				continue;
 			cJSON_DeleteItemFromObjectCaseSensitive(root, caps[i]);
 			cJSON_AddNumberToObject(root, caps[i], (double)max_tokens);

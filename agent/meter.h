@@ -43,8 +43,8 @@ void meter_parse_usage(const char *body, size_t len, struct llm_usage *u);
 /* A copy of the request body with stream_options.include_usage = true, the
  * model replaced when new_model is not NULL, and the token cap lowered to
  * max_tokens when >= 0: every cap field the request names
- * (max_tokens, max_completion_tokens, max_output_tokens) above it, or not a
- * number, becomes max_tokens; with none, "max_tokens" is added.
+ * (max_tokens, max_completion_tokens, max_output_tokens) above it, below 0
+ * or not a number, becomes max_tokens; with none, "max_tokens" is added.
  * malloc'ed; NULL on error. */
 char *meter_rewrite_request(const char *body, size_t len, bool add_include_usage,
                             const char *new_model, int64_t max_tokens, size_t *out_len);

@@ -66,7 +66,9 @@ for _ in $(seq 1 2400); do
 	docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null | grep -q true || break
 	sleep 1
 done
+grep -E '^   FAIL: ' "$work/src/test.log" 2>/dev/null | sed 's/^/   | /'
 tail -n 15 "$work/src/test.log" 2>/dev/null | sed 's/^/   | /'
+cp "$work/src/test.log" "${FRESH_LOG:-/tmp/tollgate-fresh-test.log}" 2>/dev/null
 verdict=$(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$work/src/test.log" | tail -n 1)
 case "$verdict" in
 *" passed, 0 failed, "*) say "make test: $verdict" ;;

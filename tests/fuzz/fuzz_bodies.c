@@ -73,7 +73,8 @@ static void request_body(const char *p, size_t n, uint8_t steer)
 			if (!v)
 				continue;
 			named++;
-			FUZZ_ASSERT(cJSON_IsNumber(v) && v->valuedouble <= (double)cap);
+			FUZZ_ASSERT(cJSON_IsNumber(v) && v->valuedouble >= 0 &&
+			            v->valuedouble <= (double)cap);
 		}
 		FUZZ_ASSERT(named >= 1);
 		meter_parse_request(out, out_len, &r2);

@@ -162,6 +162,9 @@ CASE(rewrite_clamps_max_tokens)
 	CHECK(out && strstr(out, "\"max_completion_tokens\":40") &&
 	      strstr(out, "\"max_output_tokens\":40") && strstr(out, "\"max_tokens\":3"));
 	free(out);
+	out = meter_rewrite_request(S("{\"max_tokens\":-16}"), false, NULL, 9, &n);
+	CHECK(out && strstr(out, "\"max_tokens\":9"));
+	free(out);
 	out = meter_rewrite_request(S("{\"max_tokens\":\"lots\"}"), false, NULL, 9, &n);
 	CHECK(out && strstr(out, "\"max_tokens\":9") && !strstr(out, "lots"));
 	free(out);
