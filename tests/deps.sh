@@ -16,7 +16,7 @@ set -eu
 # versions (`make compat`) need liblua5.4-0, libpcre2-8-0, libssl3, libcrypt1.
 PKGS="make build-essential pkg-config clang libclang-rt-14-dev
       libev-dev libhiredis-dev libmsgpack-dev libcjson-dev libyaml-dev
-      haproxy redis-server curl wrk valgrind python3 ca-certificates
+      haproxy redis-server curl wrk valgrind python3 ca-certificates openssl
       liblua5.4-0 libpcre2-8-0 libssl3 libcrypt1"
 # The OpenAI Node SDK test needs node and npm: Debian's when there are none
 # (a machine with its own Node.js, e.g. NodeSource's, which ships npm, keeps it).

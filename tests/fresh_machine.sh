@@ -54,8 +54,17 @@ if ! docker image inspect "$IMAGE" >/dev/null 2>&1 && ! docker pull "$IMAGE" >/d
 fi
 
 git clone -q . "$work/src" || fail "git clone"
+# The network's own trust anchors (here a TLS-intercepting egress proxy's CA,
+# in /usr/local/share/ca-certificates) are what any machine on this network
+# has: npm (the OpenAI SDK test) gets them through NODE_EXTRA_CA_CERTS.
+ca_args=""
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+	cat /usr/local/share/ca-certificates/*.crt >"$work/network-ca.crt"
+	ca_args="-v $work/network-ca.crt:/etc/network-ca.crt:ro -e NODE_EXTRA_CA_CERTS=/etc/network-ca.crt"
+fi
 say "make test in a fresh $IMAGE (only make added)"
-docker run --name "$name" -d -v "$work/src:/src" -w /src "$IMAGE" sh -c '
+# shellcheck disable=SC2086
+docker run --name "$name" -d -v "$work/src:/src" -w /src $ca_args "$IMAGE" sh -c '
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends make >/dev/null &&
 	make test > /src/test.log 2>&1; echo "make test exited $?" >> /src/test.log
