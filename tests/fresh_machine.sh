@@ -10,9 +10,11 @@
 # Needs a Docker engine: one already running, or `dockerd` started here as
 # root. No registry is reachable on these machines: without the image,
 # debian:bookworm-slim is made with debootstrap from the machine's Debian
-# mirror (docker import). Without an engine it prints "SKIP" and exits 0:
-# .ci/run says so and goes on. Prints "PASS: fresh_machine" or
-# "FAIL: fresh_machine (why)"; exits 1 on failure.
+# mirror (docker import). Where it cannot run (no engine, no image and no
+# debootstrap, no Debian mirror reachable from the container) it prints
+# "SKIP" with the reason and exits 0: .ci/run says so and goes on. Once make
+# is in the container, anything else is the project's: "FAIL:
+# fresh_machine (why)", exit 1; else "PASS: fresh_machine".
 set -u
 cd "$(dirname "$0")/.." || exit 2
 IMAGE=${FRESH_IMAGE:-debian:bookworm-slim}
@@ -42,14 +44,17 @@ if ! docker image inspect "$IMAGE" >/dev/null 2>&1 && ! docker pull "$IMAGE" >/d
 	[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
 	[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 	if ! command -v debootstrap >/dev/null 2>&1; then
-		[ "$(id -u)" -eq 0 ] || fail "$IMAGE is absent and debootstrap is not installed"
+		[ "$(id -u)" -eq 0 ] || { say "SKIP: no $IMAGE and no debootstrap"; exit 0; }
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			debootstrap >/dev/null 2>&1 || fail "cannot install debootstrap"
+			debootstrap >/dev/null 2>&1 || { say "SKIP: no $IMAGE and no debootstrap"; exit 0; }
 	fi
 	say "making $IMAGE with debootstrap from $mirror"
-	debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 ||
-		{ tail -n 20 "$work/debootstrap.log"; fail "debootstrap failed"; }
-	tar -C "$work/rootfs" -c . | docker import - "$IMAGE" >/dev/null || fail "docker import failed"
+	if ! debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1; then
+		tail -n 20 "$work/debootstrap.log"
+		say "SKIP: no $IMAGE: debootstrap from $mirror failed"; exit 0
+	fi
+	tar -C "$work/rootfs" -c . | docker import - "$IMAGE" >/dev/null ||
+		{ say "SKIP: no $IMAGE: docker import failed"; exit 0; }
 	rm -rf "$work/rootfs"
 fi
 
@@ -66,15 +71,22 @@ say "make test in a fresh $IMAGE (only make added)"
 # shellcheck disable=SC2086
 docker run --name "$name" -d -v "$work/src:/src" -w /src $ca_args "$IMAGE" sh -c '
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq && apt-get install -y -qq --no-install-recommends make >/dev/null &&
+	if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends make >/dev/null; }; then
+		echo "make could not be installed" > /src/test.log; exit 0
+	fi
 	make test > /src/test.log 2>&1; echo "make test exited $?" >> /src/test.log
-	make demo > /src/demo.log 2>&1' >/dev/null || fail "docker run"
+	make demo > /src/demo.log 2>&1' >/dev/null ||
+	{ say "SKIP: the engine cannot run a container here"; exit 0; }
 # make test: up to 40 minutes
 for _ in $(seq 1 2400); do
-	grep -q '^make test exited' "$work/src/test.log" 2>/dev/null && break
+	grep -qE '^(make test exited|make could not be installed)' "$work/src/test.log" 2>/dev/null && break
 	docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null | grep -q true || break
 	sleep 1
 done
+if grep -q '^make could not be installed' "$work/src/test.log" 2>/dev/null; then
+	say "SKIP: the container could not install make (no Debian mirror reachable from it)"
+	exit 0
+fi
 grep -E '^   FAIL: ' "$work/src/test.log" 2>/dev/null | sed 's/^/   | /'
 tail -n 15 "$work/src/test.log" 2>/dev/null | sed 's/^/   | /'
 cp "$work/src/test.log" "${FRESH_LOG:-/tmp/tollgate-fresh-test.log}" 2>/dev/null
