@@ -43,13 +43,13 @@ CHAT = "/v1/chat/completions"
 
 # --------------------------------------------------------------- pairs
 
-def start_pair(env, cfg, name="p0", zero_warning=True, timeout=15.0):
+def start_pair(env, cfg, name="p0", zero_warning=True, timeout=15.0, master_worker=False):
     """One tollgate agent + one haproxy from cfg (gateway.start_gateway, with
     failure_status 503 unless cfg says otherwise); its files and processes
     are NAME-*."""
     cfg = json.loads(json.dumps(cfg))
     cfg.setdefault("haproxy", {}).setdefault("failure_status", 503)
-    return G.start_gateway(env, cfg, zero_warning, timeout, name)
+    return G.start_gateway(env, cfg, zero_warning, timeout, name, master_worker)
 
 
 def start_pairs(env, cfg, n, prefix="p", **kw):

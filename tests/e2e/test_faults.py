@@ -465,6 +465,30 @@ def in_flight_settled_exactly_across_agent_stop_and_kill(c):
 
 
 @case
+def in_flight_settled_exactly_across_haproxy_reload(c):
+    """The same across a master-worker HAProxy reload, on Redis: the old
+    worker's streams and answers are charged once, from its ring."""
+    cfg = config(c.up.port, c.red, "closed")
+    gw = V.start_pair(c.env, cfg, "reload", master_worker=True)
+    red = c.red
+    prefix = "fault_quota:"
+    try:
+        gw.set_quota("streamer", 100000)
+        q0 = V.redis_int(red, prefix + "streamer")
+        tok0 = gw.tokens(consumer="streamer")
+        tin, tout = G.in_flight_across(gw, c.up, {"x-api-key": KEYS["streamer"]},
+                                       "st-reload", "reload")
+        H.wait_for(lambda: V.redis_int(red, prefix + "streamer") == q0 - tin - tout, 15.0, 0.05,
+                   "balance %d after the reload" % (q0 - tin - tout))
+        gw.wait_tokens((tok0[0] + tin, tok0[1] + tout), timeout=10.0, consumer="streamer")
+        time.sleep(0.5)     # and nothing more arrives
+        assert V.redis_int(red, prefix + "streamer") == q0 - tin - tout
+    finally:
+        gw.haproxy.stop()
+        gw.agent.stop()
+
+
+@case
 def client_disconnect_mid_stream(c):
     gw = c.sets["open"][0]
     red = c.red
