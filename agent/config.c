@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 
 #include "config.h"
+#include "hex.h"
 #include "config_yaml.h"
 
 #define MAX_FILE_SIZE (16u << 20)
@@ -683,17 +684,6 @@ static void parse_haproxy(struct loader *L, const struct cy_node *m)
 }
 
 /* ---------------------------------------------------------------- store */
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 /* Percent-decode s[0..n) (the user info of a URL). NULL if malformed. */
 static char *pct_decode(struct loader *L, const char *s, size_t n)

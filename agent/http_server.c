@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hex.h"
 #include "http_server.h"
 #include "list.h"
 #include "log.h"
@@ -1323,17 +1324,6 @@ int http_server_port(const struct http_server *srv)
 }
 
 /* ---- forms ---------------------------------------------------------- */
-
-static int hexval(char ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
 
 /* Decodes [s, s+n) into out (NUL-terminated). Length, or -2. */
 static int form_decode(const char *s, size_t n, char *out, size_t outlen)

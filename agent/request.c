@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "hex.h"
 #include "request.h"
 
 bool str_eq(struct spop_str s, const char *c)
@@ -86,14 +87,6 @@ const struct spop_str *req_header(const struct req_view *r, const char *name, un
 		if (str_ieq(r->hdrs[k].name, name) && i-- == 0)
 			return &r->hdrs[k].value;
 	return NULL;
-}
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9') return c - '0';
-	if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-	return -1;
 }
 
 static void url_decode(const char *p, size_t len, char *out, size_t outlen)
