@@ -75,7 +75,7 @@ struct tg_agent_cfg {
 	char *http;              /* default "127.0.0.1:8001"; NULL if "" (disabled) */
 	char *settle;            /* default "127.0.0.1:12346"; NULL if "" (disabled) */
 	char *state_dir;         /* default "/var/lib/tollgate" */
-	uint32_t max_frame_size; /* default 1048576, 256 .. 16777216 */
+	uint32_t max_frame_size; /* 256 .. 16777216; default haproxy.bufsize (at least 1 MiB) */
 	uint32_t max_inflight;   /* frames in flight per connection, default 1024, >= 1 */
 	double idle_timeout;     /* seconds ("30s", "500ms", "2m" or a number), default 30 */
 	double hello_timeout;    /* default 5 */
@@ -103,8 +103,10 @@ struct tg_haproxy_cfg {
 	char *listen;            /* gateway frontend bind, default ":8080" */
 	char *tls_listen;        /* optional HTTPS bind (e.g. ":8443"), NULL if unset */
 	char *tls_cert;          /* PEM for tls_listen; required with it */
-	uint32_t bufsize;        /* tune.bufsize, default 65536, 16384 .. 16777216; larger
-	                            request bodies are answered 413 */
+	uint32_t bufsize;        /* tune.bufsize, 16384 .. 16777216; default max_body +
+	                            CONFIG_HEADER_ROOM */
+	uint32_t max_body;       /* largest request body, default 4 MiB (or bufsize -
+	                            CONFIG_HEADER_ROOM when bufsize is set); larger: 413 */
 	uint32_t maxconn;        /* default 4096, >= 1 */
 	int nbthread;            /* 0 (default): HAProxy chooses; else 1..64 */
 	int failure_status;      /* status when no verdict arrives and on_agent_error is

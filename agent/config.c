@@ -611,7 +611,8 @@ static void parse_agent(struct loader *L, const struct cy_node *m)
 	a->state_dir = opt_str(L, m, "state_dir", "/var/lib/tollgate");
 	if (!*a->state_dir)
 		failp(L, mpath(L, m, "agent", "state_dir"), "must not be empty");
-	a->max_frame_size = (uint32_t)opt_int(L, m, "max_frame_size", 1048576, 256, 16777216);
+	/* default: haproxy.bufsize (parse_haproxy), HAProxy's own frame size */
+	a->max_frame_size = (uint32_t)opt_int(L, m, "max_frame_size", 0, 256, 16777216);
 	a->max_inflight = (uint32_t)opt_int(L, m, "max_inflight", 1024, 1, 1 << 20);
 	a->idle_timeout = opt_secs(L, m, "idle_timeout", 30, 0.001, 86400);
 	a->hello_timeout = opt_secs(L, m, "hello_timeout", 5, 0.001, 3600);
@@ -627,7 +628,7 @@ static void parse_agent(struct loader *L, const struct cy_node *m)
 static void parse_haproxy(struct loader *L, const struct cy_node *m)
 {
 	static const char *const keys[] = {
-		"listen", "tls_listen", "tls_cert", "bufsize", "maxconn", "nbthread",
+		"listen", "tls_listen", "tls_cert", "bufsize", "max_body", "maxconn", "nbthread",
 		"failure_status", "on_agent_error", "stats_socket", "agent_address", "timeouts",
 		"settle_bind", "user", "group", "chroot", NULL };
 	static const char *const tkeys[] = {
@@ -653,7 +654,26 @@ static void parse_haproxy(struct loader *L, const struct cy_node *m)
 	} else if (h->tls_cert) {
 		failn(L, get(m, "tls_cert"), "needs haproxy.tls_listen");
 	}
-	h->bufsize = (uint32_t)opt_int(L, m, "bufsize", 65536, 16384, 16777216);
+	/* The request is buffered whole and sent in one SPOP frame: the buffer
+	 * holds the body, the headers (CONFIG_HEADER_ROOM) and HAProxy's
+	 * rewrite reserve. Either size follows from the other. */
+	h->max_body = (uint32_t)opt_int(L, m, "max_body", 4194304, 1024,
+	                                16777216 - CONFIG_HEADER_ROOM);
+	if ((n = get(m, "bufsize"))) {
+		h->bufsize = (uint32_t)s_int(L, n, 16384, 16777216);
+		if (!get(m, "max_body"))
+			h->max_body = h->bufsize - CONFIG_HEADER_ROOM;
+		else if (h->max_body > h->bufsize - CONFIG_HEADER_ROOM)
+			failn(L, get(m, "max_body"), "above haproxy.bufsize - %u (%u): raise bufsize, "
+			      "or leave it out and it follows max_body", CONFIG_HEADER_ROOM,
+			      h->bufsize - CONFIG_HEADER_ROOM);
+	} else {
+		h->bufsize = (h->max_body + CONFIG_HEADER_ROOM + 15) & ~15u;
+		if (h->bufsize < 16384)
+			h->bufsize = 16384;
+	}
+	if (!L->cfg->agent.max_frame_size)
+		L->cfg->agent.max_frame_size = h->bufsize > 1048576 ? h->bufsize : 1048576;
 	h->maxconn = (uint32_t)opt_int(L, m, "maxconn", 4096, 1, 10000000);
 	h->nbthread = (int)opt_int(L, m, "nbthread", 0, 0, 64);
 	h->failure_status = (int)opt_int(L, m, "failure_status", 503, 400, 599);

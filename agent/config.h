@@ -37,12 +37,16 @@ int  config_load_string(const char *text, size_t len, const char *name,
                         struct tg_config **out, char *err, size_t errlen);
 void config_free(struct tg_config *cfg);
 
+/* The buffer's room besides the body: HAProxy's rewrite reserve
+ * (tune.maxrewrite, 1024) and the request's headers (8192). */
+#define CONFIG_HEADER_ROOM (1024 + 8192)
+
 /* The largest body HAProxy hands over whole (request to the agent, answer
- * to the `response` message): the buffer minus the rewrite reserve and
- * room for headers. Larger requests get 413. */
+ * to the `response` message): haproxy.max_body, at most the buffer minus
+ * CONFIG_HEADER_ROOM. Larger requests get 413. */
 static inline unsigned long config_max_body(const struct tg_config *cfg)
 {
-	return (unsigned long)cfg->haproxy.bufsize - 1024 - 8192;
+	return cfg->haproxy.max_body;
 }
 
 /* Lookups by name; NULL when absent. */

@@ -341,9 +341,18 @@ static void render_spoe(FILE *f, const struct tg_config *cfg, unsigned long max_
 
 /* ------------------------------------------------------------ haproxy.cfg */
 
-static const char *JSON_TOO_LARGE =
-	"{\"error\":{\"message\":\"Request body too large for the gateway\","
-	"\"type\":\"invalid_request_error\",\"code\":\"request_too_large\"}}";
+/* The 413 answer, in OpenAI's error format, naming the limit. */
+static void put_too_large(FILE *f, unsigned long max_body)
+{
+	char msg[320];
+
+	snprintf(msg, sizeof(msg),
+	         "{\"error\":{\"message\":\"Request body too large: this gateway accepts "
+	         "request bodies of at most %lu bytes (haproxy.max_body).\","
+	         "\"type\":\"invalid_request_error\",\"param\":null,"
+	         "\"code\":\"request_too_large\"}}", max_body);
+	put_quoted(f, msg, false);
+}
 static const char *JSON_NO_VERDICT =
 	"{\"error\":{\"message\":\"Token governance is unavailable, the request was not admitted\","
 	"\"type\":\"server_error\",\"code\":\"gateway_unavailable\"}}";
@@ -498,13 +507,13 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 	        "    filter spoe engine tollgate config %s\n"
 	        "    # (the Lua filter is on the prov_*_obs backends only)\n"
 	        "\n"
-	        "    # 1. bodies larger than the buffer would reach the agent cut: 413\n"
+	        "    # 1. bodies above haproxy.max_body (the buffer would cut them): 413\n"
 	        "    http-request return status 413 content-type application/json string ",
 	        spoe_path);
-	put_quoted(f, JSON_TOO_LARGE, false);
+	put_too_large(f, max_body);
 	fprintf(f, " if { req.hdr_val(content-length) gt %lu }\n", max_body);
 	fprintf(f, "    http-request return status 413 content-type application/json string ");
-	put_quoted(f, JSON_TOO_LARGE, false);
+	put_too_large(f, max_body);
 	fprintf(f, " if !{ req.hdr(content-length) -m found } { req.body_len ge %lu }\n", max_body);
 
 	fprintf(f, "\n    # 2. no verdict (agent down, late, frame error): the failure policy\n");

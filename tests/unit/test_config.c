@@ -111,7 +111,7 @@ CASE(defaults_of_an_empty_file)
 	CHECK(strcmp(c->agent.http, "127.0.0.1:8001") == 0);
 	CHECK(strcmp(c->agent.settle, "127.0.0.1:12346") == 0);
 	CHECK(strcmp(c->agent.state_dir, "/var/lib/tollgate") == 0);
-	CHECK(c->agent.max_frame_size == 1048576);
+	CHECK(c->agent.max_frame_size == 4203520);     /* haproxy.bufsize */
 	CHECK(c->agent.max_inflight == 1024);
 	CHECK(c->agent.idle_timeout == 30);
 	CHECK(c->agent.hello_timeout == 5);
@@ -122,7 +122,9 @@ CASE(defaults_of_an_empty_file)
 	CHECK(strcmp(c->agent.log_level, "info") == 0);
 	CHECK(strcmp(c->haproxy.listen, ":8080") == 0);
 	CHECK(c->haproxy.tls_listen == NULL && c->haproxy.tls_cert == NULL);
-	CHECK(c->haproxy.bufsize == 65536);
+	/* 4 MiB bodies, and the buffer that holds one with its headers */
+	CHECK(c->haproxy.max_body == 4194304);
+	CHECK(c->haproxy.bufsize == 4194304 + 1024 + 8192);
 	CHECK(c->haproxy.maxconn == 4096);
 	CHECK(c->haproxy.nbthread == 0);
 	CHECK(c->haproxy.failure_status == 503);
@@ -409,6 +411,25 @@ CASE(anchors_aliases_and_bombs)
 
 /* --------------------------------------------------------------- haproxy */
 
+/* Either size follows from the other; the agent's frame size follows the
+ * buffer unless set. */
+CASE(haproxy_max_body)
+{
+	struct tg_config *c = load("haproxy: { max_body: 1048576 }\n");
+
+	CHECK(c && c->haproxy.max_body == 1048576 && c->haproxy.bufsize == 1048576 + 9216);
+	CHECK(c && c->agent.max_frame_size == 1048576 + 9216);
+	config_free(c);
+	c = load("haproxy: { max_body: 2000 }\n");
+	CHECK(c && c->haproxy.max_body == 2000 && c->haproxy.bufsize == 16384);
+	config_free(c);
+	c = load("haproxy: { max_body: 8000000, bufsize: 16777216 }\n"
+	         "agent: { max_frame_size: 65536 }\n");
+	CHECK(c && c->haproxy.max_body == 8000000 && c->haproxy.bufsize == 16777216);
+	CHECK(c && c->agent.max_frame_size == 65536);
+	config_free(c);
+}
+
 CASE(haproxy_section)
 {
 	struct tg_config *c = load(
@@ -433,6 +454,8 @@ CASE(haproxy_section)
 	CHECK(strcmp(c->haproxy.tls_listen, ":8443") == 0);
 	CHECK(strcmp(c->haproxy.tls_cert, "/etc/gw.pem") == 0);
 	CHECK(c->haproxy.bufsize == 131072 && c->haproxy.maxconn == 100 && c->haproxy.nbthread == 4);
+	CHECK(c->haproxy.max_body == 131072 - 9216);    /* follows bufsize */
+	CHECK(c->agent.max_frame_size == 1048576);      /* at least 1 MiB */
 	CHECK(c->haproxy.failure_status == 502);
 	CHECK(c->haproxy.on_agent_error == TG_FAIL_OPEN);
 	CHECK(strcmp(c->haproxy.stats_socket, "/tmp/h.sock") == 0);
@@ -445,6 +468,9 @@ CASE(haproxy_section)
 	REFUSED("haproxy: { tls_listen: \":8443\" }\n", "haproxy.tls_cert", "required with tls_listen");
 	REFUSED("haproxy: { tls_cert: /a.pem }\n", "haproxy.tls_cert", "needs haproxy.tls_listen");
 	REFUSED("haproxy: { bufsize: 1024 }\n", "haproxy.bufsize", "between 16384");
+	REFUSED("haproxy: { bufsize: 65536, max_body: 60000 }\n", "haproxy.max_body",
+	        "above haproxy.bufsize - 9216 (56320)");
+	REFUSED("haproxy: { max_body: 16777216 }\n", "haproxy.max_body", "between 1024");
 	REFUSED("haproxy: { failure_status: 200 }\n", "haproxy.failure_status", "between 400 and 599");
 	REFUSED("haproxy: { on_agent_error: local }\n", "haproxy.on_agent_error", "closed, open");
 	REFUSED("haproxy: { nbthread: 65 }\n", "haproxy.nbthread", "between 0 and 64");
@@ -1146,7 +1172,7 @@ int main(void)
 	RUN_ALL(defaults_of_an_empty_file, null_sections_and_comments_are_defaults, agent_values,
 	        agent_listen_forms, agent_errors_name_the_field, env_substitution,
 	        unknown_keys_name_their_path, wrong_types_name_their_path,
-	        yaml_syntax_and_structure_errors, anchors_aliases_and_bombs, haproxy_section,
+	        yaml_syntax_and_structure_errors, anchors_aliases_and_bombs, haproxy_max_body, haproxy_section,
 	        store_redis_url, services_section, providers_section, consumers_and_key_auth,
 	        routes_and_references, ai_quota_plugin, ai_token_ratelimit_seed_block,
 	        ai_token_ratelimit_every_kind, ai_token_ratelimit_errors, example_file_loads,
