@@ -123,6 +123,7 @@ struct http_server {
 	struct http_conn *conns, *dirty;
 	unsigned nconns;
 	double idle_timeout, request_timeout, send_timeout;
+	size_t max_body;
 	struct route routes[MAX_ROUTES];
 	unsigned nroutes;
 	struct http_stats stats;
@@ -455,7 +456,7 @@ static bool token_in_list(const char *list, const char *tok)
 	return false;
 }
 
-static int parse_content_length(const char *v, size_t *out)
+static int parse_content_length(const char *v, size_t max, size_t *out)
 {
 	size_t n = 0;
 
@@ -465,7 +466,7 @@ static int parse_content_length(const char *v, size_t *out)
 		if (*v < '0' || *v > '9')
 			return 400;
 		n = n * 10 + (size_t)(*v - '0');
-		if (n > HTTP_MAX_BODY)
+		if (n > max)
 			return 413;
 	}
 	*out = n;
@@ -486,7 +487,7 @@ static int check_headers(struct http_req *req)
 		if (strcasecmp(n, "transfer-encoding") == 0)
 			return 411;
 		if (strcasecmp(n, "content-length") == 0) {
-			if ((st = parse_content_length(v, &cl)) != 0)
+			if ((st = parse_content_length(v, req->conn->srv->max_body, &cl)) != 0)
 				return st;
 			if (have_cl && cl != req->content_length)
 				return 400;
@@ -1243,6 +1244,7 @@ struct http_server *http_server_new(struct ev_loop *loop, const char *addr, char
 	}
 	srv->loop = loop;
 	srv->idle_timeout = srv->request_timeout = srv->send_timeout = 30.0;
+	srv->max_body = HTTP_MAX_BODY;
 	srv->fd = net_listen(addr, false, err, errlen);
 	if (srv->fd < 0) {
 		free(srv);
@@ -1266,6 +1268,11 @@ void http_server_set_timeouts(struct http_server *srv, double idle, double reque
 		srv->request_timeout = request;
 	if (send > 0)
 		srv->send_timeout = send;
+}
+
+void http_server_set_max_body(struct http_server *srv, size_t max)
+{
+	srv->max_body = max > HTTP_MAX_BODY ? max : HTTP_MAX_BODY;
 }
 
 /* At shutdown: one non-blocking write of what is queued (a stream's

@@ -31,7 +31,8 @@
  *
  * Limits: request line + headers at most 16 KiB (431; a request line over
  * 8 KiB is 414), at most 100 header fields (431), bodies only with
- * Content-Length and at most 1 MiB (413). A chunked request body
+ * Content-Length and at most 1 MiB or what http_server_set_max_body() says
+ * (413). A chunked request body
  * (Transfer-Encoding) is refused with 411 and the connection is closed.
  * HTTP/1.1 requests need a Host header (400). Every error answer closes the
  * connection (after a lingering close, so the client reads the answer).
@@ -89,6 +90,9 @@ struct http_server *http_server_new(struct ev_loop *loop, const char *addr,
  * sending (default 30, then the connection is dropped). 0 keeps a value. */
 void http_server_set_timeouts(struct http_server *srv, double idle, double request,
                               double send);
+/* The largest request body (never below HTTP_MAX_BODY): the built-in mock
+ * provider receives prompts as large as haproxy.max_body. */
+void http_server_set_max_body(struct http_server *srv, size_t max);
 /* Adds a route (see the rules above). -1 if the table is full or an argument
  * is invalid. The strings are copied. */
 int  http_server_route(struct http_server *srv, const char *method,

@@ -73,6 +73,8 @@ static void on_reload(struct ev_loop *loop, ev_signal *w, int revents)
 		return;
 	}
 	spop_server_set_config(a->spop, cfg);
+	if (a->http)    /* a rewritten body may be a little longer */
+		http_server_set_max_body(a->http, config_max_body(cfg) + 4096);
 	runtime_unref(a->rt);
 	a->rt = rt;
 	log_set_level(cfg->agent.log_level);
@@ -191,6 +193,7 @@ static int start(struct agent *a, char *err, size_t errlen)
 		metrics_http_register(a->metrics, a->http);
 		quota_admin_http(a, a->http);
 		a->mock = mock_provider_new(a->http);
+		http_server_set_max_body(a->http, config_max_body(cfg) + 4096);
 	}
 	if (cfg->agent.settle) {
 		a->settle = ring_reader_new(a, cfg->agent.settle, err, errlen);

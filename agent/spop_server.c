@@ -31,6 +31,10 @@
 #include "spop_server.h"
 
 #define CONN_RBUF_INIT   16388u      /* a 16 KiB frame + prefix */
+/* Buffers grown past this for one large frame (a prompt of megabytes) are
+ * given back once empty: HAProxy keeps many SPOP connections open, and each
+ * would otherwise hold the largest frame it ever carried. */
+#define CONN_BUF_KEEP    (256u * 1024)
 #define TX_INLINE_BUF    512u
 #define TX_FREELIST_MAX  1024u
 #define CLOSE_LINGER     2.0         /* seconds to flush a DISCONNECT */
@@ -143,6 +147,11 @@ static void conn_flush(struct conn *c)
 	}
 	if (c->woff == c->wlen) {
 		c->woff = c->wlen = 0;
+		if (c->wcap > CONN_BUF_KEEP) {
+			free(c->wbuf);
+			c->wbuf = NULL;
+			c->wcap = 0;
+		}
 		ev_io_stop(c->srv->loop, &c->wio);
 		if (c->state == CS_CLOSING)
 			conn_close(c);
@@ -686,6 +695,14 @@ static void conn_process(struct conn *c)
 		if (off) {
 			memmove(c->rbuf, c->rbuf + off, c->rlen - off);
 			c->rlen -= off;
+		}
+		if (c->rcap > CONN_BUF_KEEP && c->rlen <= CONN_RBUF_INIT) {
+			uint8_t *nb = realloc(c->rbuf, CONN_RBUF_INIT);
+
+			if (nb) {
+				c->rbuf = nb;
+				c->rcap = CONN_RBUF_INIT;
+			}
 		}
 		if (!c->paused && c->state != CS_CLOSING && !c->srv->draining)
 			ev_io_start(c->srv->loop, &c->rio);

@@ -19,6 +19,7 @@ What it proves:
   - a body of exactly max_body bytes passes, one byte more is answered 413
     in OpenAI's format naming the limit and never reaches the upstream; the
     same for a chunked body with no content-length;
+  - the built-in mock provider (the demo's upstream) takes a 4 MiB prompt;
   - a megabyte that is not JSON is a 400 invalid_json, not a hang;
   - haproxy.max_body set lower moves the ceiling to it.
 """
@@ -51,13 +52,16 @@ def config(up_port, haproxy=None):
         "services": [{"name": "local-redis", "type": "static", "address": "embedded"}],
         "providers": [{"name": "up", "type": "openai-compatible",
                        "base_url": "http://127.0.0.1:%d/v1" % up_port,
-                       "api_keys": ["pk-large"]}],
+                       "api_keys": ["pk-large"]},
+                      {"name": "builtin", "type": "mock"}],
         "consumers": [{"name": "large-user", "credential": KEY},
                       {"name": "large-admin", "credential": KEY_ADMIN}],
         "key_auth": {"keys": ["x-api-key"], "in_header": True},
         "routes": [{"name": "large", "provider": "up", "models": ["big-*"],
                     "auth": {"enabled": True, "allow": ["large-user", "large-admin"]},
-                    "plugins": {"ai-quota": quota}}],
+                    "plugins": {"ai-quota": quota}},
+                   {"name": "builtin", "provider": "builtin", "models": ["mock-*"],
+                    "auth": {"enabled": True, "allow": ["large-user"]}}],
     }
 
 
@@ -225,6 +229,20 @@ def ceiling_chunked(c):
     assert st == 413, (st, data[:300])
     assert G.error_json(data, "413")["code"] == "request_too_large"
     assert not b.records(), "a chunked body over the ceiling reached the upstream"
+
+
+@case
+def builtin_mock_takes_4mib(c):
+    """The demo's upstream: the agent's own HTTP server reads the prompt."""
+    before = c.gw.tokens(model="mock-large", consumer="large-user")
+    st, data = curl(c, c.gw.port, body_of_size(MAX_BODY - 100, "mock-large", True,
+                                               max_tokens=3), {"x-api-key": KEY})
+    assert st == 200, (st, data[:300])
+    usage = json.loads(data)["usage"]
+    assert usage["prompt_tokens"] > MAX_BODY // 8, usage
+    c.gw.wait_tokens((before[0] + usage["prompt_tokens"],
+                      before[1] + usage["completion_tokens"]),
+                     model="mock-large", consumer="large-user")
 
 
 @case

@@ -10,7 +10,8 @@ Nothing is skipped: without node_modules this runs `npm ci --no-audit
 
 What it proves: plain and streamed chat (stream: true with and without
 stream_options; the usage chunk appears only when asked for), the Responses
-API and embeddings work with the SDK unchanged; an unknown key and a
+API and embeddings work with the SDK unchanged, and so do prompts of 1 MiB
+and (streamed) 4 MiB with the default configuration; an unknown key and a
 consumer outside the route raise PermissionDeniedError (403), a request
 without a key AuthenticationError (401) (a custom fetch strips the SDK's
 Authorization), two different keys 401, an unknown model NotFoundError
@@ -38,7 +39,7 @@ SDK_CASES = [
     "responses_plain", "embeddings", "unknown_key_permission_denied",
     "unknown_key_stream_permission_denied", "not_allowed_consumer_permission_denied",
     "no_key_authentication_error", "two_keys_authentication_error", "unknown_model_not_found",
-    "models_list", "models_retrieve",
+    "models_list", "models_retrieve", "chat_prompt_1mib", "chat_stream_prompt_4mib",
 ]
 
 
@@ -160,8 +161,8 @@ def sdk_calls_metered_exactly(c):
                 assert GOOD not in v and OTHER not in v, (k, v)
         c.gw.wait_tokens((want_in, want_out), consumer="sdk-user")
         assert c.gw.tokens(consumer="sdk-other") == (0, 0)
-        # successful SDK calls: chat x4 (1 plain, 3 streamed), responses, embeddings
-        assert len(recs) == 6, [(r["path"], r["body"][:80]) for r in recs]
+        # successful SDK calls: chat x6 (2 plain, 4 streamed), responses, embeddings
+        assert len(recs) == 8, [(r["path"], r["body"][:80]) for r in recs]
     except BaseException:
         FAILED.append("sdk_calls_metered_exactly")
         raise

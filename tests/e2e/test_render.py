@@ -375,12 +375,14 @@ def example_runs_the_seed_walkthrough():
         assert not any('"usage"' in d and '"choices":[]' in d.replace(" ", "")
                        for _, d in events), body[-500:]
 
-        # a body above the buffer: 413, OpenAI-shaped
+        # a body above haproxy.max_body (4 MiB by default): 413, OpenAI-shaped,
+        # naming the limit
         big = json.dumps({"model": "qwen-turbo",
-                          "messages": [{"role": "user", "content": "x" * 70000}]})
+                          "messages": [{"role": "user", "content": "x" * (4 << 20)}]})
         p = env.write("big.json", big)
         st, h, body = curl(fe, "/v1/chat/completions", "-H", user1, "--data-binary", "@" + p)
         assert st == 413 and err_json(body)["code"] == "request_too_large", (st, body)
+        assert "4194304 bytes" in err_json(body)["message"], body
 
         # the agent down: the failure policy, never a pass
         agent.stop()

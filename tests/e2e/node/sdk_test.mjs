@@ -97,6 +97,24 @@ const cases = {
 		eq(chunks.filter((c) => c.usage).length, 1, "usage chunks");
 	},
 
+	// The SDK writes `messages` before `model`: the model comes last in
+	// these bodies of 1 MiB and (streamed, rewritten by the gateway) 4 MiB.
+	async chat_prompt_1mib() {
+		const content = "a".repeat(1 << 20);
+		const r = await client(goodKey).chat.completions.create(
+			{ model: MODEL, messages: [{ role: "user", content }], max_tokens: 2 });
+		eq(r.usage.completion_tokens, 2, "usage.completion_tokens");
+		check(r.usage.prompt_tokens > (1 << 20) / 4, `usage.prompt_tokens ${r.usage.prompt_tokens}`);
+	},
+
+	async chat_stream_prompt_4mib() {
+		const content = "b".repeat(4 * (1 << 20) - 1000);
+		const chunks = await collect(await client(goodKey).chat.completions.create(
+			{ model: MODEL, messages: [{ role: "user", content }], max_tokens: 3, stream: true }));
+		eq(textOf(chunks), "tok tok tok", "streamed text");
+		check(!chunks.some((c) => c.usage), "a usage chunk reached a client that did not ask for it");
+	},
+
 	async chat_stream_include_usage_false() {
 		const chunks = await collect(await client(goodKey).chat.completions.create(
 			{ model: MODEL, messages, max_tokens: 2, stream: true, stream_options: { include_usage: false } }));

@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""tests/bench/large_bodies.py -- what prompts of megabytes cost (part of `make bench`).
+
+For each HAProxy in HAPROXY_VERSIONS (default: $HAPROXY or haproxy), one
+gateway rendered from a YAML that says nothing about sizes (the defaults:
+haproxy.max_body 4 MiB), metering only, in front of a second agent process
+whose built-in mock provider is the upstream (C, libev: it reads 4 MiB
+bodies and paces 1000 streams without becoming the bottleneck). Measured:
+
+  small p99     wrk, one connection, small chat requests: the p99 alone, and
+                while UPLOADERS clients (curl) upload 4 MiB prompts back to
+                back alongside (the agent's loop is shared by both)
+  CPU per MiB   agent and HAProxy CPU (/proc utime+stime) over N_UPLOADS
+                sequential 4 MiB prompts, per MiB: plain (nothing rewritten),
+                and streamed without stream_options (the agent rewrites the
+                body: include_usage is added, and HAProxy swaps it)
+  memory        HAProxy and agent resident memory (VmRSS, sampled every
+                50 ms): idle, the peak with STREAMS concurrent SSE streams
+                (one event each 50 ms for ~3 s), and the peak with UPLOADS50
+                concurrent 4 MiB uploads
+
+Prints one markdown table row per version, then the table. Knobs: DURATION
+(wrk seconds, 8), UPLOADERS (2), N_UPLOADS (25), STREAMS (1000), UPLOADS50 (50).
+"""
+import json
+import os
+import re
+import resource
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+sys.path.insert(0, os.path.join(HERE, "..", "pylib"))
+
+DURATION = int(os.environ.get("DURATION", "8"))
+UPLOADERS = int(os.environ.get("UPLOADERS", "2"))
+N_UPLOADS = int(os.environ.get("N_UPLOADS", "25"))
+STREAMS = int(os.environ.get("STREAMS", "1000"))
+UPLOADS50 = int(os.environ.get("UPLOADS50", "50"))
+MIB = 1 << 20
+KEY = "bench-large-key"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK
+
+
+def rss_kib(pid):
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Sampler:
+    """Peak VmRSS of some pids while it runs."""
+
+    def __init__(self, pids):
+        self.pids, self.peak, self.stop = pids, {p: 0 for p in pids}, False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop:
+            for p in self.pids:
+                self.peak[p] = max(self.peak[p], rss_kib(p))
+            time.sleep(0.05)
+
+    def done(self):
+        self.stop = True
+        self.t.join()
+        return self.peak
+
+
+def chat_body(size, model="bench-large", **extra):
+    """A chat body of exactly `size` bytes, the model last (as the SDKs write it)."""
+    def build(n):
+        d = {"messages": [{"role": "user", "content": "x" * n}]}
+        d.update(extra)
+        d["model"] = model
+        return json.dumps(d, separators=(",", ":")).encode()
+    return build(size - len(build(0)))
+
+
+def curl(port, path, headers=()):
+    argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60",
+            "-H", "content-type: application/json", "-H", "x-api-key: " + KEY,
+            "--data-binary", "@" + path]
+    for h in headers:
+        argv += ["-H", h]
+    argv.append("http://127.0.0.1:%d/v1/chat/completions" % port)
+    r = subprocess.run(argv, capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def wrk_p99(port, lua, seconds):
+    r = subprocess.run(["wrk", "-t1", "-c1", "-d%ds" % seconds, "--latency", "-s", lua,
+                        "http://127.0.0.1:%d/v1/chat/completions" % port],
+                       capture_output=True, text=True)
+    out = r.stdout
+    m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)", out, re.M)
+    reqs = re.search(r"^\s*(\d+) requests in", out, re.M)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if not m or not reqs or non2xx:
+        raise RuntimeError("wrk: %s%s" % (out, r.stderr))
+    v = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    return v, int(reqs.group(1))
+
+
+def open_streams(port, n, delay_ms, tokens):
+    """n concurrent SSE streams through the gateway; returns when all ended.
+    (number that ended with [DONE])"""
+    body = json.dumps({"model": "bench-large", "stream": True, "max_tokens": tokens,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\nx-api-key: " +
+           KEY.encode() + b"\r\ncontent-type: application/json\r\nx-mock-delay-ms: " +
+           str(delay_ms).encode() + b"\r\nconnection: close\r\ncontent-length: " +
+           str(len(body)).encode() + b"\r\n\r\n" + body)
+    sel = selectors.DefaultSelector()
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(req)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, bytearray())
+        socks.append(s)
+    done, deadline = 0, time.monotonic() + 60
+    open_n = n
+    while open_n and time.monotonic() < deadline:
+        for key, _ in sel.select(1.0):
+            try:
+                data = key.fileobj.recv(65536)
+            except BlockingIOError:
+                continue
+            if data:
+                key.data.extend(data)
+                continue
+            if b"[DONE]" in key.data:
+                done += 1
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            open_n -= 1
+    for s in socks:
+        s.close()
+    return done
+
+
+def one_version(haproxy):
+    os.environ["HAPROXY"] = haproxy
+    import harness as H
+    import gateway as G
+    H.HAPROXY = haproxy
+    res = {"haproxy": subprocess.run([haproxy, "-v"], capture_output=True,
+                                     text=True).stdout.split()[2]}
+    env = H.Env("bench-large")
+    try:
+        up = env.agent({"agent": {"log_level": "warn"}}, name="upstream")
+        cfg = {
+            "providers": [{"name": "up", "type": "openai-compatible",
+                           "base_url": "http://127.0.0.1:%d/mock/v1" % up.http_port,
+                           "api_keys": ["pk-bench"]}],
+            "consumers": [{"name": "bench", "credential": KEY}],
+            "key_auth": {"keys": ["x-api-key"], "in_header": True},
+            "routes": [{"name": "r", "provider": "up", "models": ["bench-*"],
+                        "auth": {"enabled": True, "allow": ["bench"]}}],
+            "agent": {"log_level": "warn"},
+        }
+        gw = G.start_gateway(env, cfg)
+        res["bufsize"] = G.rendered_bufsize(gw)
+        hp, ag = gw.haproxy.pid, gw.agent.pid
+        big = env.path("big.json")
+        open(big, "wb").write(chat_body(4 * MIB - 100, max_tokens=1))
+        big_stream = env.path("big-stream.json")
+        open(big_stream, "wb").write(chat_body(4 * MIB - 100, max_tokens=1, stream=True))
+        small = json.dumps({"model": "bench-large", "max_tokens": 1,
+                            "messages": [{"role": "user", "content": "Hello there"}]})
+        lua = env.write("small.lua", "wrk.method = 'POST'\nwrk.body = %s\n"
+                        "wrk.headers['content-type'] = 'application/json'\n"
+                        "wrk.headers['x-api-key'] = '%s'\n" % (json.dumps(small), KEY))
+        assert curl(gw.port, big) == "200", "a 4 MiB prompt was not answered 200"
+
+        # 1. p99 of small requests, alone and with 4 MiB uploads alongside
+        wrk_p99(gw.port, lua, 2)                           # warm up
+        res["p99_alone"], _ = wrk_p99(gw.port, lua, DURATION)
+        stop, uploaded = [False], [0]
+
+        def uploader():
+            while not stop[0]:
+                if curl(gw.port, big) == "200":
+                    uploaded[0] += 1
+        ths = [threading.Thread(target=uploader) for _ in range(UPLOADERS)]
+        for t in ths:
+            t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        n0 = uploaded[0]
+        res["p99_uploads"], _ = wrk_p99(gw.port, lua, DURATION)
+        res["uploads_per_s"] = (uploaded[0] - n0) / (time.monotonic() - t0)
+        stop[0] = True
+        for t in ths:
+            t.join()
+
+        # 2. CPU per MiB, plain and rewritten
+        for name, path in (("plain", big), ("rewritten", big_stream)):
+            a0, h0 = cpu_seconds(ag), cpu_seconds(hp)
+            for _ in range(N_UPLOADS):
+                assert curl(gw.port, path) == "200"
+            mib = N_UPLOADS * os.path.getsize(path) / MIB
+            res["agent_us_per_mib_" + name] = (cpu_seconds(ag) - a0) / mib * 1e6
+            res["haproxy_us_per_mib_" + name] = (cpu_seconds(hp) - h0) / mib * 1e6
+
+        # 3. memory
+        time.sleep(0.5)
+        res["rss_idle"] = (rss_kib(hp), rss_kib(ag))
+        s = Sampler([hp, ag])
+        ok = open_streams(gw.port, STREAMS, 50, 60)
+        peak = s.done()
+        res["streams_ok"] = ok
+        res["rss_streams"] = (peak[hp], peak[ag])
+        s = Sampler([hp, ag])
+        codes = []
+        ths = [threading.Thread(target=lambda: codes.append(curl(gw.port, big)))
+               for _ in range(UPLOADS50)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join()
+        peak = s.done()
+        res["uploads_ok"] = codes.count("200")
+        res["rss_uploads"] = (peak[hp], peak[ag])
+        res["rss_after"] = (rss_kib(hp), rss_kib(ag))
+    finally:
+        env.close(failed=False)
+    return res
+
+
+def mib(kib):
+    return "%.0f" % (kib / 1024)
+
+
+def main():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        print("RESULT " + json.dumps(one_version(sys.argv[2])))
+        return 0
+    versions = (os.environ.get("HAPROXY_VERSIONS") or os.environ.get("HAPROXY") or
+                "haproxy").split()
+    rows, failed = [], 0
+    for hp in versions:
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", hp],
+                           capture_output=True, text=True)
+        line = [l for l in r.stdout.split("\n") if l.startswith("RESULT ")]
+        if r.returncode != 0 or not line:
+            print("large_bodies: %s failed:\n%s%s" % (hp, r.stdout[-3000:], r.stderr[-3000:]))
+            failed = 1
+            continue
+        rows.append(json.loads(line[0][7:]))
+    print()
+    print("Large prompts (defaults: haproxy.max_body 4 MiB), %d s wrk runs, %d uploaders, "
+          "%d streams, %d concurrent uploads" % (DURATION, UPLOADERS, STREAMS, UPLOADS50))
+    print()
+    print("| HAProxy | tune.bufsize | small p99 alone | with 4 MiB uploads alongside "
+          "| agent CPU/MiB plain, rewritten | HAProxy CPU/MiB plain, rewritten "
+          "| RSS MiB idle (HAProxy, agent) | %d streams | %d × 4 MiB uploads |"
+          % (STREAMS, UPLOADS50))
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| %s | %d | %.2f ms | %.2f ms (%+.2f; %.1f uploads/s) | %.0f, %.0f µs "
+              "| %.0f, %.0f µs | %s, %s | %s, %s (%d/%d ended) | %s, %s (%d/%d 200) |" % (
+                  r["haproxy"], r["bufsize"], r["p99_alone"], r["p99_uploads"],
+                  r["p99_uploads"] - r["p99_alone"], r["uploads_per_s"],
+                  r["agent_us_per_mib_plain"], r["agent_us_per_mib_rewritten"],
+                  r["haproxy_us_per_mib_plain"], r["haproxy_us_per_mib_rewritten"],
+                  mib(r["rss_idle"][0]), mib(r["rss_idle"][1]),
+                  mib(r["rss_streams"][0]), mib(r["rss_streams"][1]), r["streams_ok"], STREAMS,
+                  mib(r["rss_uploads"][0]), mib(r["rss_uploads"][1]), r["uploads_ok"],
+                  UPLOADS50))
+    for r in rows:
+        if r["streams_ok"] != STREAMS or r["uploads_ok"] != UPLOADS50:
+            print("large_bodies: %s: not every stream or upload succeeded" % r["haproxy"])
+            failed = 1
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
