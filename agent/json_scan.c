@@ -4,7 +4,8 @@
  * array, and whether its members count towards the estimate), so a body
  * nested a thousand deep costs no C stack. Strings are crossed a word at a
  * time: a word with no quote, no backslash and no control byte is skipped
- * whole, its ASCII bytes and UTF-8 lead bytes counted with two popcounts.
+ * whole, its ASCII bytes and UTF-8 lead bytes counted by a multiply each
+ * (only when it has a byte above 0x7F).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -68,8 +69,12 @@ static const char *string_end(const char *p, const char *end, int64_t *est)
 			if (est) {
 				uint64_t hi = w & HIGHS;
 
-				ascii += 8 - __builtin_popcountll(hi);
-				other += __builtin_popcountll(hi & (w << 1));
+				if (!hi) {
+					ascii += 8;
+				} else {        /* bytes counted with a multiply, no popcnt needed */
+					ascii += 8 - (int64_t)(((hi >> 7) * ONES) >> 56);
+					other += (int64_t)((((hi & (w << 1)) >> 7) * ONES) >> 56);
+				}
 			}
 			p += 8;
 		}

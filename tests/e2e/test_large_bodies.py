@@ -8,7 +8,8 @@ client. Bodies are built to an exact byte size.
 
 What it proves:
   - the default ceiling is 4 MiB (haproxy.max_body), and the rendered
-    tune.bufsize holds a body that size with its headers;
+    tune.bufsize holds a body that size with its headers (and 2.8+ keeps
+    such buffers in its thread caches: tune.memory.hot-size);
   - prompts of 60 KB, 200 KB, 1 MiB and just under 4 MiB, with the model
     first and with it last (the OpenAI SDKs write `messages` first), are
     answered 200, reach the upstream byte for byte, and are metered and
@@ -160,6 +161,9 @@ def default_ceiling_is_4mib(c):
     text = open(os.path.join(c.gw.out_dir, "haproxy.cfg")).read()
     assert G.rendered_bufsize(c.gw) == MAX_BODY + 1024 + 8192, G.rendered_bufsize(c.gw)
     assert "if { req.hdr_val(content-length) gt %d }" % MAX_BODY in text
+    # 2.8+: eight such buffers a thread stay cached (haproxy/README.md)
+    assert ".if version_atleast(2.8)\n    tune.memory.hot-size %d\n.endif" % (
+        8 * (MAX_BODY + 9216)) in text
 
 
 def _sizes_case(size, model_last):
