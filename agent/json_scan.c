@@ -3,12 +3,16 @@
  * One loop with an explicit stack (a byte per open container: object or
  * array, and whether its members count towards the estimate), so a body
  * nested a thousand deep costs no C stack. Strings are crossed a word at a
- * time: a word with no quote, no backslash and no control byte is skipped
- * whole, its ASCII bytes and UTF-8 lead bytes counted by a multiply each
- * (only when it has a byte above 0x7F).
+ * time: sixteen bytes with SSE2 (every x86-64), else eight in a word; a
+ * block with no quote, no backslash and no control byte is skipped whole,
+ * its ASCII bytes and UTF-8 lead bytes counted from two masks (only when it
+ * has a byte above 0x7F).
  */
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "hex.h"
 #include "json_scan.h"
@@ -52,6 +56,17 @@ static long hex4(const char *p)
 	return v;
 }
 
+#ifdef __SSE2__
+/* Set bits of a 16-bit mask (no popcnt instruction is assumed). */
+static inline int64_t count16(unsigned m)
+{
+	m = m - ((m >> 1) & 0x5555);
+	m = (m & 0x3333) + ((m >> 2) & 0x3333);
+	m = (m + (m >> 4)) & 0x0F0F;
+	return (int64_t)((m + (m >> 8)) & 0x1F);
+}
+#endif
+
 /* p just after the opening quote: the byte after the closing one, or NULL.
  * With est, the string's estimate (meter_estimate_text of its text) is
  * added to *est. */
@@ -60,6 +75,34 @@ static const char *string_end(const char *p, const char *end, int64_t *est)
 	int64_t ascii = 0, other = 0;
 
 	for (;;) {
+#ifdef __SSE2__
+		/* sixteen bytes at a time: no quote, backslash or control byte */
+		while (end - p >= 16) {
+			__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+			__m128i low = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1F)),
+			                             _mm_set1_epi8(0x1F));
+			int stop = _mm_movemask_epi8(_mm_or_si128(
+				_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+				             _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))), low));
+
+			if (stop)
+				break;
+			if (est) {
+				unsigned hi = (unsigned)_mm_movemask_epi8(v);
+
+				if (!hi) {
+					ascii += 16;
+				} else {        /* lead bytes: 0xC0 and above */
+					unsigned lead = (unsigned)_mm_movemask_epi8(
+						_mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8((char)0xC0)), v));
+
+					ascii += 16 - count16(hi);
+					other += count16(lead);
+				}
+			}
+			p += 16;
+		}
+#endif
 		while (end - p >= 8) {
 			uint64_t w;
 
