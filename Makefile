@@ -73,6 +73,7 @@ bench: all
 	BUILD=$(BUILD) tests/bench/run.sh
 	BUILD=$(BUILD) tests/bench/gateway.sh
 	BUILD=$(BUILD) tests/bench/governance.sh
+	BUILD=$(BUILD) python3 tests/bench/large_bodies.py
 
 demo: deps
 	$(MAKE) all
