@@ -4,8 +4,9 @@
 # machines" in the project's notes, and docker/README.md.
 #
 #   docker_engine LOGDIR         0 when the docker client talks to an engine;
-#                                as root, installs Debian's docker.io and
-#                                starts `dockerd` (its log in LOGDIR) first
+#                                as root, installs Debian's docker.io (apt's
+#                                log in LOGDIR) and starts `dockerd` (log:
+#                                $DOCKERD_LOG, /tmp/tollgate-dockerd.log) first
 #   docker_base_image IMAGE DIR  0 when IMAGE (debian:bookworm-slim) exists:
 #                                present, pulled, or made with debootstrap
 #                                from this machine's Debian mirror in DIR
@@ -45,9 +46,10 @@ docker_engine() {
 		dl_apt_install "$dl_dir/apt-docker.log" docker.io || dl_say "could not install docker.io"
 	fi
 	if ! docker info >/dev/null 2>&1 && dl_root && command -v dockerd >/dev/null 2>&1; then
-		dl_say "starting dockerd (log: $dl_dir/dockerd.log)"
-		# its own session: a test runner's timeout signals its process group
-		setsid dockerd >"$dl_dir/dockerd.log" 2>&1 &
+		dl_say "starting dockerd (log: ${DOCKERD_LOG:-/tmp/tollgate-dockerd.log})"
+		# its own session (a test runner's timeout signals its process
+		# group), its log outside LOGDIR (it outlives the caller)
+		setsid dockerd >"${DOCKERD_LOG:-/tmp/tollgate-dockerd.log}" 2>&1 &
 		for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
 	fi
 	if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
