@@ -30,6 +30,9 @@ What it proves:
     library the binary needs (ldd + dpkg -S), runs as a non-root USER, has a
     HEALTHCHECK on /healthz and the scripts it names; every apt package named
     exists in Debian 12 (`apt-cache show`);
+  - the stand-ins of `make docker-test` (docker/standin/): one per
+    third-party image but Grafana's, FROM debian:bookworm-slim, labelled with
+    the tag compose runs, installing packages of Debian 12;
   - `tollgate check --config docker/tollgate.yaml` passes with the compose
     environment; docker/entrypoint.sh renders HAProxy's files
     (`tollgate haproxy-config`) and `haproxy -c` accepts them once the
@@ -398,9 +401,9 @@ def agent_env():
 
 # --------------------------------------------------------- Dockerfile helpers
 
-def dockerfile():
+def dockerfile(path=DOCKERFILE):
     """[(stage_index, stage_name, image, [(INSTR, args_text)])]."""
-    with open(DOCKERFILE, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         raw = f.read().splitlines()
     instrs, cur = [], ""
     for line in raw:
@@ -1054,6 +1057,32 @@ def dockerfile_packages_exist_in_debian12():
     missing = [p for p in pkgs if p not in found]
     assert not missing, "not in Debian 12 (apt-cache show): %s %s" % (
         missing, r.stderr.strip()[:300])
+
+
+@case
+def standin_dockerfiles_match_compose_images():
+    """make docker-test builds a stand-in under each third-party image's tag
+    where no registry answers: docker/standin/SERVICE.Dockerfile, FROM
+    debian:bookworm-slim, labelled with the tag compose names, Debian 12
+    packages only. Grafana has none (no Debian package)."""
+    pkgs = []
+    for name in ("redis", "haproxy", "prometheus"):
+        path = os.path.join(DOCKER, "standin", name + ".Dockerfile")
+        assert os.path.isfile(path), "no stand-in %s" % path
+        stages = dockerfile(path)
+        assert len(stages) == 1 and stages[0][2] == "debian:bookworm-slim", stages
+        labels = [a for w, a in stages[0][3] if w == "LABEL"]
+        m = re.match(r'org\.tollgate\.standin="(\S+) ', labels[0] if labels else "")
+        assert m and m.group(1) == service(name)["image"], \
+            "%s: labelled %r, compose runs %s" % (path, labels, service(name)["image"])
+        pkgs += stage_packages(stages[0])
+    assert not os.path.exists(os.path.join(DOCKER, "standin", "grafana.Dockerfile"))
+    assert {"redis-server", "haproxy", "prometheus"} <= set(pkgs), pkgs
+    if not is_debian12():
+        skip("not Debian 12: apt-cache cannot vouch for bookworm package names")
+    r = run(["apt-cache", "show", "--no-all-versions"] + sorted(set(pkgs)))
+    found = set(re.findall(r"(?m)^Package: (\S+)$", r.stdout))
+    assert set(pkgs) <= found, "not in Debian 12: %s" % sorted(set(pkgs) - found)
 
 
 @case
