@@ -14,6 +14,8 @@
 #                                try), or built from DOCKERFILE (a stand-in
 #                                FROM debian:bookworm-slim); says which
 #   debian_mirror                prints the first Debian mirror of apt's sources
+#   docker_compose_ready LOGDIR  0 when a compose is there; as root, installs
+#                                Debian's docker-compose (1.29) where none is
 #   docker_compose               runs `docker compose` (v2) or, without it,
 #                                `docker-compose` (1.29, Debian 12), with "$@"
 #
@@ -103,6 +105,18 @@ docker_image() {
 		DOCKER_WHY="$dl_tag: the stand-in $dl_dockerfile did not build (log: $dl_log)"
 		return 1
 	fi
+}
+
+docker_compose_ready() {
+	dl_dir=$1
+	docker compose version >/dev/null 2>&1 && return 0
+	command -v docker-compose >/dev/null 2>&1 && return 0
+	if dl_root; then
+		dl_say "installing Debian's docker-compose"
+		dl_apt_install "$dl_dir/apt-compose.log" docker-compose && return 0
+	fi
+	DOCKER_WHY="neither docker compose nor docker-compose"
+	return 1
 }
 
 docker_compose() {

@@ -28,8 +28,9 @@ v2, else Debian 12's `docker-compose` 1.29):
     (also when a case failed: the teardown always runs it).
 
 Where no Docker engine can be started, or debian:bookworm-slim can neither be
-found, pulled nor made with debootstrap, every case is a SKIP with the
-reason. The stand-ins' build logs are kept in a /tmp/tg-docker-test.*
+found, pulled nor made with debootstrap, or there is no compose and none can
+be installed (Debian's docker-compose, as root), every case is a SKIP with
+the reason. The stand-ins' build logs are kept in a /tmp/tg-docker-test.*
 directory when a case failed (dockerd's, if it started one:
 /tmp/tollgate-dockerd.log). Ports 8080, 8001 and 9090 on 127.0.0.1 must be
 free (a demo stack still up: `docker compose -p tollgate ... down`).
@@ -200,12 +201,13 @@ def setup():
     if not ok:
         ctx.skip = why
         return ctx
+    ok, why = lib("docker_compose_ready", ctx.work, timeout=600)
+    if not ok:
+        ctx.skip = why
+        return ctx
     r = subprocess.run(["sh", "-c", '. "$0"; docker_compose version', LIB],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if r.returncode != 0:
-        ctx.skip = "no docker compose and no docker-compose"
-        return ctx
-    log("compose: %s" % r.stdout.strip().splitlines()[0])
+    log("compose: %s" % (r.stdout.strip().splitlines() or ["?"])[0])
     # what an interrupted earlier run left
     compose("down", "-v", "--remove-orphans", "-t", "3", files=(BASE, GRAFANA, UPSTREAM),
             check=False)
