@@ -1,7 +1,8 @@
 # tests/docker_lib.sh -- Docker on a machine with no image registry, for the
-# scripts that need an engine (tests/fresh_machine.sh, tests/docker/stack.sh).
-# Sourced (POSIX sh), never run; its variables are named dl_*. See ../shared/DESIGN.md, "Docker on these
-# machines" in the project's notes, and docker/README.md.
+# scripts that need an engine (tests/fresh_machine.sh and make docker-test's
+# tests/docker/e2e/test_compose_stack.py). Sourced (POSIX sh), never run; its
+# variables are named dl_*. See "Docker on these machines" in the project's
+# shared notes (DESIGN.md) and docker/README.md.
 #
 #   docker_engine LOGDIR         0 when the docker client talks to an engine;
 #                                as root, installs Debian's docker.io (apt's
@@ -100,7 +101,8 @@ docker_image() {
 	fi
 	dl_say "$dl_tag: no registry answered; building a stand-in from $dl_dockerfile"
 	dl_log=${DOCKER_LOG_DIR:-/tmp}/standin-$(echo "$dl_tag" | tr '/:' '__').log
-	if ! docker build -t "$dl_tag" -f "$dl_dockerfile" "$(dirname "$dl_dockerfile")" >"$dl_log" 2>&1; then
+	if ! docker build -t "$dl_tag" -f "$dl_dockerfile" "$(dirname "$dl_dockerfile")" \
+		>"$dl_log" 2>&1; then
 		tail -n 20 "$dl_log" >&2
 		DOCKER_WHY="$dl_tag: the stand-in $dl_dockerfile did not build (log: $dl_log)"
 		return 1

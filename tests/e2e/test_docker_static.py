@@ -1,12 +1,13 @@
 """test_docker_static.py -- the docker-compose demo stack (docker/), checked
-without a Docker engine (this machine has the docker client only).
+without a Docker engine (`make docker-test` runs the stack on one:
+tests/docker/e2e/test_compose_stack.py).
 
 What it proves:
   - docker/docker-compose.yml, docker-compose.grafana.yml, prometheus.yml
-    and the Grafana provisioning files parse (a strict reader of the plain YAML subset they are written
-    in: block mappings and lists, flow lists, quoted and plain scalars;
-    anything else -- anchors, tags, multi-line scalars -- is refused, so the
-    files stay readable here without PyYAML);
+    and the Grafana provisioning files parse (a strict reader of the plain
+    YAML subset they are written in: block mappings and lists, flow lists,
+    quoted and plain scalars; anything else -- anchors, tags, multi-line
+    scalars -- is refused, so the files stay readable here without PyYAML);
   - compose: no top-level `name:` (compose 1.29 refuses it); four services
     in docker-compose.yml and Grafana in docker-compose.grafana.yml (no
     Debian package, so no stand-in: the stack runs without it); the five
