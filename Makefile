@@ -8,6 +8,9 @@
 #   make bench      benchmarks (SPOP load generator, HAProxy +/- agent)
 #   make compat     conformance + e2e against every HAProxy (HAPROXY_VERSIONS)
 #   make demo       HAProxy + agent + mock provider, ready for the seed's curls
+#   make docker-test  the compose stack of docker/ for real: build, up, the
+#                   walkthrough on :8080, Redis, Prometheus, an agent restart,
+#                   down -v (every case a skip where no Docker engine starts)
 
 CC       ?= cc
 BUILD    ?= build
@@ -24,7 +27,7 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HDRS      := $(wildcard spoe/*.h agent/*.h tests/unit/*.h)
 
-.PHONY: all deps test asan fuzz bench demo compat clean
+.PHONY: all deps test asan fuzz bench demo compat docker-test clean
 all: $(BUILD)/tollgate $(BUILD)/libspop.a $(UNIT_BIN) $(BUILD)/spop-load
 
 $(BUILD)/%.o: %.c $(HDRS)
@@ -62,6 +65,11 @@ test: deps
 
 compat: all
 	BUILD=$(BUILD) tests/compat.sh
+
+# tests/docker/e2e/test_compose_stack.py, counted as make test counts; a
+# fresh machine builds debian:bookworm-slim and the stand-ins first
+docker-test:
+	TESTS_ROOT=tests/docker TEST_MODULE_TIMEOUT=$${TEST_MODULE_TIMEOUT:-2400} tests/run.sh
 
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test

@@ -10,8 +10,9 @@
 # Needs a Docker engine: one already running, or `dockerd` started here as
 # root. No registry is reachable on these machines: without the image,
 # debian:bookworm-slim is made with debootstrap from the machine's Debian
-# mirror (docker import). Where it cannot run (no engine, no image and no
-# debootstrap, no Debian mirror reachable from the container) it prints
+# mirror (docker import); tests/docker_lib.sh does both. Where it cannot
+# run (no engine, no image and no debootstrap, no Debian mirror reachable
+# from the container) it prints
 # "SKIP" with the reason and exits 0: .ci/run says so and goes on. Once make
 # is in the container, anything else is the project's: "FAIL:
 # fresh_machine (why)", exit 1; else "PASS: fresh_machine".
@@ -25,38 +26,10 @@ fail() { echo "FAIL: fresh_machine ($*)"; docker rm -f "$name" >/dev/null 2>&1; 
 cleanup() { docker rm -f "$name" >/dev/null 2>&1; rm -rf "$work"; }
 trap cleanup EXIT
 
-if ! docker info >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && ! command -v dockerd >/dev/null 2>&1; then
-	say "installing Debian's Docker engine (docker.io)"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		docker.io >"$work/apt.log" 2>&1 || say "could not install docker.io"
-fi
-if ! docker info >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v dockerd >/dev/null 2>&1; then
-	say "starting dockerd"
-	dockerd >"$work/dockerd.log" 2>&1 &
-	for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-fi
-if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
-	say "SKIP: no Docker engine could be started"; exit 0
-fi
-
-if ! docker image inspect "$IMAGE" >/dev/null 2>&1 && ! docker pull "$IMAGE" >/dev/null 2>&1; then
-	mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
-	[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
-	[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
-	if ! command -v debootstrap >/dev/null 2>&1; then
-		[ "$(id -u)" -eq 0 ] || { say "SKIP: no $IMAGE and no debootstrap"; exit 0; }
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			debootstrap >/dev/null 2>&1 || { say "SKIP: no $IMAGE and no debootstrap"; exit 0; }
-	fi
-	say "making $IMAGE with debootstrap from $mirror"
-	if ! debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1; then
-		tail -n 20 "$work/debootstrap.log"
-		say "SKIP: no $IMAGE: debootstrap from $mirror failed"; exit 0
-	fi
-	tar -C "$work/rootfs" -c . | docker import - "$IMAGE" >/dev/null ||
-		{ say "SKIP: no $IMAGE: docker import failed"; exit 0; }
-	rm -rf "$work/rootfs"
-fi
+# the engine and the image: tests/docker_lib.sh (shared with make docker-test)
+. tests/docker_lib.sh
+docker_engine "$work" || { say "SKIP: $DOCKER_WHY"; exit 0; }
+docker_base_image "$IMAGE" "$work" || { say "SKIP: $DOCKER_WHY"; exit 0; }
 
 git clone -q . "$work/src" || fail "git clone"
 # The network's own trust anchors (here a TLS-intercepting egress proxy's CA,

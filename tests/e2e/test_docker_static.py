@@ -1,13 +1,17 @@
 """test_docker_static.py -- the docker-compose demo stack (docker/), checked
-without a Docker engine (this machine has the docker client only).
+without a Docker engine (`make docker-test` runs the stack on one:
+tests/docker/e2e/test_compose_stack.py).
 
 What it proves:
-  - docker/docker-compose.yml, prometheus.yml and the Grafana provisioning
-    files parse (a strict reader of the plain YAML subset they are written
-    in: block mappings and lists, flow lists, quoted and plain scalars;
-    anything else -- anchors, tags, multi-line scalars -- is refused, so the
-    files stay readable here without PyYAML);
-  - compose: the five services exist with an image or a build; every file or
+  - docker/docker-compose.yml, docker-compose.grafana.yml, prometheus.yml
+    and the Grafana provisioning files parse (a strict reader of the plain
+    YAML subset they are written in: block mappings and lists, flow lists,
+    quoted and plain scalars; anything else -- anchors, tags, multi-line
+    scalars -- is refused, so the files stay readable here without PyYAML);
+  - compose: no top-level `name:` (compose 1.29 refuses it); four services
+    in docker-compose.yml and Grafana in docker-compose.grafana.yml (no
+    Debian package, so no stand-in: the stack runs without it); the five
+    services, merged, exist with an image or a build; every file or
     directory it mounts or builds from exists; named volumes are declared;
     published host ports are unique and are the seed's (8080 gateway, 8001
     agent, 9090 Prometheus, 3000 Grafana) and match what the services listen
@@ -27,6 +31,9 @@ What it proves:
     library the binary needs (ldd + dpkg -S), runs as a non-root USER, has a
     HEALTHCHECK on /healthz and the scripts it names; every apt package named
     exists in Debian 12 (`apt-cache show`);
+  - the stand-ins of `make docker-test` (docker/standin/): one per
+    third-party image but Grafana's, FROM debian:bookworm-slim, labelled with
+    the tag compose runs, installing packages of Debian 12;
   - `tollgate check --config docker/tollgate.yaml` passes with the compose
     environment; docker/entrypoint.sh renders HAProxy's files
     (`tollgate haproxy-config`) and `haproxy -c` accepts them once the
@@ -76,6 +83,7 @@ import harness as H  # noqa: E402
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 DOCKER = os.path.join(REPO, "docker")
 COMPOSE = os.path.join(DOCKER, "docker-compose.yml")
+COMPOSE_GRAFANA = os.path.join(DOCKER, "docker-compose.grafana.yml")
 DOCKERFILE = os.path.join(DOCKER, "Dockerfile")
 DOCKERIGNORE = os.path.join(DOCKER, "Dockerfile.dockerignore")
 TG_YAML = os.path.join(DOCKER, "tollgate.yaml")
@@ -320,10 +328,27 @@ def interp_tree(v, env=None):
 _compose_cache = {}
 
 
+def compose_file(path):
+    if path not in _compose_cache:
+        _compose_cache[path] = interp_tree(load_yaml(path))
+    return _compose_cache[path]
+
+
 def compose():
-    if "c" not in _compose_cache:
-        _compose_cache["c"] = interp_tree(load_yaml(COMPOSE))
-    return _compose_cache["c"]
+    """docker-compose.yml with docker-compose.grafana.yml added, as compose
+    merges them: the second file adds a service and its volume."""
+    if "merged" not in _compose_cache:
+        base, extra = compose_file(COMPOSE), compose_file(COMPOSE_GRAFANA)
+        merged = dict(base)
+        merged["services"] = dict(base["services"])
+        merged["volumes"] = dict(base.get("volumes") or {})
+        for name, svc in extra["services"].items():
+            assert name not in merged["services"], \
+                "docker-compose.grafana.yml redefines %s" % name
+            merged["services"][name] = svc
+        merged["volumes"].update(extra.get("volumes") or {})
+        _compose_cache["merged"] = merged
+    return _compose_cache["merged"]
 
 
 def service(name):
@@ -377,9 +402,9 @@ def agent_env():
 
 # --------------------------------------------------------- Dockerfile helpers
 
-def dockerfile():
+def dockerfile(path=DOCKERFILE):
     """[(stage_index, stage_name, image, [(INSTR, args_text)])]."""
-    with open(DOCKERFILE, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         raw = f.read().splitlines()
     instrs, cur = [], ""
     for line in raw:
@@ -724,8 +749,15 @@ def yaml_subset_reader_is_strict():
 
 @case
 def compose_parses_with_the_five_services():
+    # compose 1.29 (Debian 12) refuses a top-level `name:`; Grafana (no
+    # Debian package: no stand-in) comes in a file of its own
+    for path in (COMPOSE, COMPOSE_GRAFANA):
+        top = set(compose_file(path))
+        assert top <= {"services", "volumes", "networks"}, "%s: %s" % (path, sorted(top))
+    assert sorted(compose_file(COMPOSE)["services"]) == sorted(
+        s for s in SERVICES if s != "grafana"), sorted(compose_file(COMPOSE)["services"])
+    assert list(compose_file(COMPOSE_GRAFANA)["services"]) == ["grafana"]
     c = compose()
-    assert set(c) <= {"name", "services", "volumes", "networks"}, sorted(c)
     for s in SERVICES:
         svc = service(s)
         assert svc.get("image") or svc.get("build"), "%s: no image and no build" % s
@@ -809,7 +841,8 @@ def compose_ports_unique_and_the_seeds():
 def readme_command_and_ports_match_compose():
     with open(os.path.join(DOCKER, "README.md"), encoding="utf-8") as f:
         text = f.read()
-    assert "docker compose -f docker/docker-compose.yml up --build" in text
+    assert "docker compose -p tollgate -f docker/docker-compose.yml up --build" in text
+    assert "-f docker/docker-compose.grafana.yml" in text and "make docker-test" in text
     published = {parse_port(p)[1] for svc in compose()["services"].values()
                  for p in svc.get("ports") or []}
     used = {int(p) for p in re.findall(r"localhost:(\d+)", text)}
@@ -1025,6 +1058,32 @@ def dockerfile_packages_exist_in_debian12():
     missing = [p for p in pkgs if p not in found]
     assert not missing, "not in Debian 12 (apt-cache show): %s %s" % (
         missing, r.stderr.strip()[:300])
+
+
+@case
+def standin_dockerfiles_match_compose_images():
+    """make docker-test builds a stand-in under each third-party image's tag
+    where no registry answers: docker/standin/SERVICE.Dockerfile, FROM
+    debian:bookworm-slim, labelled with the tag compose names, Debian 12
+    packages only. Grafana has none (no Debian package)."""
+    pkgs = []
+    for name in ("redis", "haproxy", "prometheus"):
+        path = os.path.join(DOCKER, "standin", name + ".Dockerfile")
+        assert os.path.isfile(path), "no stand-in %s" % path
+        stages = dockerfile(path)
+        assert len(stages) == 1 and stages[0][2] == "debian:bookworm-slim", stages
+        labels = [a for w, a in stages[0][3] if w == "LABEL"]
+        m = re.match(r'org\.tollgate\.standin="(\S+) ', labels[0] if labels else "")
+        assert m and m.group(1) == service(name)["image"], \
+            "%s: labelled %r, compose runs %s" % (path, labels, service(name)["image"])
+        pkgs += stage_packages(stages[0])
+    assert not os.path.exists(os.path.join(DOCKER, "standin", "grafana.Dockerfile"))
+    assert {"redis-server", "haproxy", "prometheus"} <= set(pkgs), pkgs
+    if not is_debian12():
+        skip("not Debian 12: apt-cache cannot vouch for bookworm package names")
+    r = run(["apt-cache", "show", "--no-all-versions"] + sorted(set(pkgs)))
+    found = set(re.findall(r"(?m)^Package: (\S+)$", r.stdout))
+    assert set(pkgs) <= found, "not in Debian 12: %s" % sorted(set(pkgs) - found)
 
 
 @case
