@@ -72,7 +72,11 @@
  * connection, Redis refusing service) the breaker opens: calls fail at once
  * for breaker_cooldown_ms, then one probe (PING) decides between closed and
  * open again. The connection is re-established in the background with
- * backoff (50 ms doubling to 1 s). A failed or short-circuited admission
+ * backoff (50 ms doubling to 2 s; reset by the first good reply on a new
+ * connection, not by its TCP connect). A connection Redis refuses for who we
+ * are (NOAUTH, WRONGPASS, DENIED) is dropped and tried again the same way.
+ * Each distinct trouble is logged once per 10 s, with the count of its
+ * repeats, and the refusals with a hint of what to do. A failed or short-circuited admission
  * follows cfg->failure_mode:
  *   local   the rate buckets go to `local_fallback` (an embedded store) with
  *           limits scaled by this instance's share (store_redis_set_local_
@@ -138,6 +142,8 @@ struct store_redis_stats {
 	uint64_t breaker_opens;
 	bool connected;
 	uint64_t connects;              /* connections established (first one included) */
+	uint64_t reconnects;            /* connection attempts after the first: each follows
+	                                   a failed attempt or a lost connection */
 	int64_t last_latency_us;        /* round trip of the last successful call */
 	/* decisions taken without Redis (DESIGN: every one is counted) */
 	uint64_t fallback_local;        /* admissions decided by the local store */
