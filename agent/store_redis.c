@@ -140,6 +140,7 @@ struct call {
 /* A trouble already logged: repeats within LOG_INTERVAL are only counted. */
 struct errlog {
 	char msg[ERRMSG_MAX];        /* "" : a free slot */
+	char where[80];              /* host:port it was about */
 	ev_tstamp logged_at;
 	unsigned repeats;            /* seen since logged_at, not logged */
 };
@@ -175,6 +176,15 @@ struct rstore {
 	double share;
 	int64_t test_now;            /* < 0: Redis TIME */
 	bool closing;
+
+	/* Sentinel: the master's address (host, port) is asked of them at each
+	 * connection attempt, one after the other, the last one that answered
+	 * first. n_sentinels 0: host and port are Redis. */
+	char *master_name;
+	unsigned n_sentinels, sentinel_i, sentinel_tried;
+	struct { char *host; uint16_t port; } sentinels[TG_SENTINELS_MAX];
+	redisAsyncContext *sac;      /* the query in flight */
+	char sentinel_err[ERRMSG_MAX];
 
 	redisAsyncContext *ac;       /* NULL: disconnected (reconnect timer runs) */
 	bool connected;              /* ac finished connecting */
@@ -590,6 +600,8 @@ static const char *auth_hint(const char *msg)
 		  "or configure Redis's bind and protected-mode" },
 		{ "NOPERM", "the ACL user lacks a permission: it needs EVAL, EVALSHA, SCRIPT, "
 		  "GET, SET, INCRBY, PING and the budget keys (e.g. +@all ~*)" },
+		{ "READONLY", "this address is a replica: point store.redis at the primary, "
+		  "or name the sentinels (redis-sentinel://HOST:PORT,.../MASTER)" },
 	};
 
 	for (size_t i = 0; i < sizeof(hints) / sizeof(*hints); i++)
@@ -599,10 +611,12 @@ static const char *auth_hint(const char *msg)
 }
 
 /* Refusals that no command on this connection can get past: drop it and
- * connect again (AUTH again) with backoff. */
+ * connect again (AUTH again; with Sentinel, asking for the master again)
+ * with backoff. READONLY: the address is a replica (a failover happened). */
 static bool auth_refusal(const char *msg)
 {
-	return has_code(msg, "NOAUTH") || has_code(msg, "WRONGPASS") || has_code(msg, "DENIED");
+	return has_code(msg, "NOAUTH") || has_code(msg, "WRONGPASS") || has_code(msg, "DENIED") ||
+	       has_code(msg, "READONLY");
 }
 
 /* msg, cut at the end of its first sentence when it is long (the protected
@@ -634,12 +648,14 @@ static void errlog_report(struct rstore *s, enum log_level lvl, const char *what
 {
 	ev_tstamp now = ev_now(s->loop);
 	struct errlog *e = NULL, *oldest = &s->errlog[0];
-	char text[ERRMSG_MAX], rep[96] = "";
+	char text[ERRMSG_MAX], rep[96] = "", where[80];
 	const char *hint;
 
 	trouble_text(text, msg);
+	snprintf(where, sizeof(where), "%s:%u", s->host, s->port);
 	for (int i = 0; i < ERRLOG_SLOTS && !e; i++) {
-		if (s->errlog[i].msg[0] && strcmp(s->errlog[i].msg, text) == 0)
+		if (s->errlog[i].msg[0] && strcmp(s->errlog[i].msg, text) == 0 &&
+		    strcmp(s->errlog[i].where, where) == 0)
 			e = &s->errlog[i];
 		else if (!s->errlog[i].msg[0] || s->errlog[i].logged_at < oldest->logged_at)
 			oldest = &s->errlog[i];
@@ -653,10 +669,11 @@ static void errlog_report(struct rstore *s, enum log_level lvl, const char *what
 	else
 		e = oldest;
 	snprintf(e->msg, sizeof(e->msg), "%s", text);
+	snprintf(e->where, sizeof(e->where), "%s", where);
 	e->logged_at = now;
 	e->repeats = 0;
 	hint = auth_hint(text);
-	log_msg(lvl, "redis store: %s:%u %s: %s%s%s%s", s->host, s->port, what, text, rep,
+	log_msg(lvl, "redis store: %s %s: %s%s%s%s", where, what, text, rep,
 	        hint[0] ? " -- " : "", hint);
 }
 
@@ -671,7 +688,7 @@ static void errlog_flush(struct rstore *s)
 
 		if (e->msg[0] && e->repeats) {
 			repeated(rep, sizeof(rep), e->repeats, now - e->logged_at);
-			log_warn("redis store: %s:%u: %s%s", s->host, s->port, e->msg, rep);
+			log_warn("redis store: %s: %s%s", e->where, e->msg, rep);
 		}
 		e->msg[0] = 0;
 		e->repeats = 0;
@@ -699,8 +716,9 @@ static void conn_good(struct rstore *s)
 	s->backoff = BACKOFF_MIN;
 	errlog_flush(s);
 	if (s->failed_attempts)
-		log_info("redis store: connected to %s:%u after %u failed attempts in %.1fs",
-		         s->host, s->port, s->failed_attempts, ev_now(s->loop) - s->trouble_since);
+		log_info("redis store: connected to %s:%u after %u failed attempt%s in %.1fs",
+		         s->host, s->port, s->failed_attempts, s->failed_attempts > 1 ? "s" : "",
+		         ev_now(s->loop) - s->trouble_since);
 	else
 		log_info("redis store: connected to %s:%u", s->host, s->port);
 	s->failed_attempts = 0;
@@ -803,12 +821,163 @@ static void on_drop(struct ev_loop *loop, ev_timer *w, int revents)
 	conn_drop(s);
 }
 
+static void connect_timer(struct rstore *s)
+{
+	ev_timer_stop(s->loop, &s->connect_timeout);
+	ev_timer_set(&s->connect_timeout,
+	             s->timeout * 20 > CONNECT_TIMEOUT ? s->timeout * 20 : CONNECT_TIMEOUT, 0.);
+	ev_timer_start(s->loop, &s->connect_timeout);
+}
+
+/* ------------------------------------------------------------- sentinel */
+
+static void sentinel_ask(struct rstore *s);
+static void master_connect(struct rstore *s);
+
+/* The sentinel asked did not name the master: ask the next one; when every
+ * one has been asked, this attempt failed. */
+static void sentinel_failed(struct rstore *s, const char *why)
+{
+	snprintf(s->sentinel_err, sizeof(s->sentinel_err), "sentinel %s:%u: %s",
+	         s->sentinels[s->sentinel_i].host, s->sentinels[s->sentinel_i].port, why);
+	s->sentinel_i = (s->sentinel_i + 1) % s->n_sentinels;
+	if (++s->sentinel_tried < s->n_sentinels) {
+		sentinel_ask(s);
+		return;
+	}
+	{
+		char msg[ERRMSG_MAX + 64];
+
+		snprintf(msg, sizeof(msg), "no sentinel named master %s (last: %s)",
+		         s->master_name, s->sentinel_err);
+		conn_down(s, msg);
+	}
+	conn_retry(s);
+}
+
+/* SENTINEL get-master-addr-by-name: [ip, port], or nil (unknown master). */
+static void on_sentinel_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct rstore *s = ac->data;
+	redisReply *reply = r;
+	char *host;
+	long port;
+
+	(void)privdata;
+	if (s->sac != ac)
+		return;
+	s->sac = NULL;
+	if (!reply) {
+		sentinel_failed(s, errstr(ac, "connection closed"));
+		return;
+	}
+	redisAsyncDisconnect(ac);    /* after this callback (hiredis defers it) */
+	if (reply->type == REDIS_REPLY_ERROR) {
+		sentinel_failed(s, reply->str);
+		return;
+	}
+	if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+	    reply->element[0]->type != REDIS_REPLY_STRING ||
+	    reply->element[1]->type != REDIS_REPLY_STRING ||
+	    (port = strtol(reply->element[1]->str, NULL, 10)) <= 0 || port > 65535) {
+		sentinel_failed(s, "does not know this master");
+		return;
+	}
+	if (!(host = strdup(reply->element[0]->str))) {
+		sentinel_failed(s, "out of memory");
+		return;
+	}
+	if (strcmp(host, s->host) != 0 || s->port != (uint16_t)port)
+		log_info("redis store: sentinel %s:%u names %s:%ld master %s",
+		         s->sentinels[s->sentinel_i].host, s->sentinels[s->sentinel_i].port,
+		         host, port, s->master_name);
+	free(s->host);
+	s->host = host;
+	s->port = (uint16_t)port;
+	ev_timer_stop(s->loop, &s->connect_timeout);
+	master_connect(s);
+}
+
+static void on_sentinel_connect(const redisAsyncContext *ac, int status)
+{
+	struct rstore *s = ac->data;
+
+	if (s->sac != ac || status == REDIS_OK)
+		return;
+	s->sac = NULL;              /* hiredis frees it after this callback */
+	ev_timer_stop(s->loop, &s->connect_timeout);
+	sentinel_failed(s, errstr(ac, "connect failed"));
+}
+
+static void on_sentinel_disconnect(const redisAsyncContext *ac, int status)
+{
+	struct rstore *s = ac->data;
+
+	(void)status;
+	if (s->sac != ac)
+		return;                 /* answered, or dropped by us */
+	s->sac = NULL;
+	ev_timer_stop(s->loop, &s->connect_timeout);
+	sentinel_failed(s, errstr(ac, "connection closed"));
+}
+
+static void sentinel_ask(struct rstore *s)
+{
+	const char *host = s->sentinels[s->sentinel_i].host;
+	redisAsyncContext *sac = redisAsyncConnect(host, s->sentinels[s->sentinel_i].port);
+
+	if (!sac || sac->err) {
+		if (sac)
+			redisAsyncFree(sac);
+		sentinel_failed(s, sac ? "cannot connect" : "out of memory");
+		return;
+	}
+	sac->data = s;
+	if (redisLibevAttach(s->loop, sac) != REDIS_OK) {
+		redisAsyncFree(sac);
+		sentinel_failed(s, "cannot watch the connection");
+		return;
+	}
+	redisAsyncSetConnectCallback(sac, on_sentinel_connect);
+	redisAsyncSetDisconnectCallback(sac, on_sentinel_disconnect);
+	s->sac = sac;
+	redisAsyncCommand(sac, on_sentinel_reply, NULL, "SENTINEL get-master-addr-by-name %s",
+	                  s->master_name);
+	connect_timer(s);
+}
+
+/* ROLE on a connection to the master a sentinel named: still the master? */
+static void on_role(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct rstore *s = ac->data;
+	redisReply *reply = r;
+
+	(void)privdata;
+	if (!reply || s->ac != ac || reply->type == REDIS_REPLY_ERROR) {
+		setup_reply(s, ac, reply, "ROLE");
+		return;
+	}
+	if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+	    reply->element[0]->type == REDIS_REPLY_STRING &&
+	    strcmp(reply->element[0]->str, "master") == 0) {
+		conn_good(s);
+		return;
+	}
+	conn_refused(s, "ROLE: not the master (a failover is under way): asking the sentinels again");
+}
+
 static void on_connect_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct rstore *s = w->data;
 
 	(void)loop; (void)revents;
-	if (s->ac && !s->connected) {
+	if (s->sac) {
+		redisAsyncContext *sac = s->sac;
+
+		s->sac = NULL;
+		redisAsyncFree(sac);
+		sentinel_failed(s, "no answer");
+	} else if (s->ac && !s->connected) {
 		conn_down(s, "connect timeout");
 		conn_drop(s);
 	}
@@ -871,19 +1040,16 @@ static void conn_setup(struct rstore *s)
 		args_fmt(&a, "%d", s->db);
 		redisAsyncCommandArgv(s->ac, on_setup, "SELECT", a.argc, a.argv, a.len);
 	}
+	if (s->n_sentinels)
+		redisAsyncCommand(s->ac, on_role, NULL, "ROLE");
 	for (int i = 0; i < SCRIPT_N; i++)
 		send_script_load(s, (enum script_id)i);
 }
 
-static void conn_start(struct rstore *s)
+/* Connect to s->host:s->port (Redis, or the master a sentinel named). */
+static void master_connect(struct rstore *s)
 {
-	redisAsyncContext *ac;
-
-	if (s->attempted)
-		s->st.reconnects++;
-	s->attempted = true;
-	s->attempt_failed = false;
-	ac = redisAsyncConnect(s->host, s->port);
+	redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
 
 	if (!ac || ac->err) {
 		conn_down(s, ac ? ac->errstr : "out of memory");
@@ -907,9 +1073,22 @@ static void conn_start(struct rstore *s)
 	s->ac = ac;
 	s->connected = false;
 	conn_setup(s);
-	ev_timer_set(&s->connect_timeout,
-	             s->timeout * 20 > CONNECT_TIMEOUT ? s->timeout * 20 : CONNECT_TIMEOUT, 0.);
-	ev_timer_start(s->loop, &s->connect_timeout);
+	connect_timer(s);
+}
+
+static void conn_start(struct rstore *s)
+{
+	if (s->attempted)
+		s->st.reconnects++;
+	s->attempted = true;
+	s->attempt_failed = false;
+	if (s->n_sentinels) {
+		s->sentinel_tried = 0;
+		s->sentinel_err[0] = 0;
+		sentinel_ask(s);
+	} else {
+		master_connect(s);
+	}
 }
 
 /* ------------------------------------------------------------ local rids */
@@ -1768,6 +1947,12 @@ static void redis_free(void *impl)
 		s->ac = NULL;
 		redisAsyncFree(ac);
 	}
+	if (s->sac) {
+		redisAsyncContext *sac = s->sac;
+
+		s->sac = NULL;
+		redisAsyncFree(sac);
+	}
 	if (s->q_len)
 		log_warn("redis store: closing with %zu settlements/charges not replayed: lost",
 		         s->q_len);
@@ -1776,6 +1961,9 @@ static void redis_free(void *impl)
 	rids_sweep(s, true);
 	free(s->rids);
 	free(s->host);
+	free(s->master_name);
+	for (unsigned i = 0; i < s->n_sentinels; i++)
+		free(s->sentinels[i].host);
 	free(s->username);
 	free(s->password);
 	free(s);
@@ -1830,6 +2018,14 @@ struct store *store_redis_open(struct ev_loop *loop, const struct tg_store_cfg *
 	s->pub.impl = s;
 	s->loop = loop;
 	s->host = dup_or_null(cfg->host, &oom);
+	if (cfg->n_sentinels && cfg->sentinel_master) {
+		s->master_name = dup_or_null(cfg->sentinel_master, &oom);
+		for (unsigned i = 0; i < cfg->n_sentinels && i < TG_SENTINELS_MAX; i++) {
+			s->sentinels[i].host = dup_or_null(cfg->sentinels[i].host, &oom);
+			s->sentinels[i].port = cfg->sentinels[i].port;
+			s->n_sentinels = i + 1;
+		}
+	}
 	s->username = dup_or_null(cfg->username, &oom);
 	s->password = dup_or_null(cfg->password, &oom);
 	if (oom) {

@@ -59,8 +59,19 @@
  * Redis Cluster is not supported: hiredis 0.14 has no cluster client, and
  * the reservation record is found from the rid alone, so it cannot share
  * the bucket keys' hash tag (the rate keys built by admit.c do carry one;
- * a quota prefix would need one too). Use a standalone Redis (or a primary
- * behind Sentinel / a proxy that keeps one request's keys on one node).
+ * a quota prefix would need one too). Use a standalone Redis, a primary
+ * behind a proxy that keeps one request's keys on one node, or Sentinel.
+ *
+ * Sentinel (cfg->n_sentinels > 0, "redis-sentinel://S1,S2/MASTER"): every
+ * connection attempt first asks a sentinel for the master's address
+ * (SENTINEL get-master-addr-by-name; the last one that answered first, the
+ * others in turn when it cannot), then connects there and checks ROLE: a
+ * replica is dropped and the sentinels asked again. A lost connection (the
+ * master died, or the sentinels demoted it: they close its clients) and a
+ * READONLY reply do the same, so a failover is followed without a restart;
+ * meanwhile failure_mode decides, and queued usage is replayed into the new
+ * master. Sentinels are asked without AUTH (user and password are the
+ * master's).
  *
  * Deadlines. Every call has cfg->timeout_ms (default 50 ms), enforced by an
  * ev_timer; a reply arriving later is ignored (a late "admitted" is released
