@@ -613,7 +613,7 @@ static const char *auth_hint(const char *msg)
 /* Refusals that no command on this connection can get past: drop it and
  * connect again (AUTH again; with Sentinel, asking for the master again)
  * with backoff. READONLY: the address is a replica (a failover happened). */
-static bool auth_refusal(const char *msg)
+static bool refuses_connection(const char *msg)
 {
 	return has_code(msg, "NOAUTH") || has_code(msg, "WRONGPASS") || has_code(msg, "DENIED") ||
 	       has_code(msg, "READONLY");
@@ -745,7 +745,7 @@ static void setup_reply(struct rstore *s, const redisAsyncContext *ac, const red
 		return;
 	if (r->type != REDIS_REPLY_ERROR) {
 		conn_good(s);
-	} else if (auth_refusal(r->str)) {
+	} else if (refuses_connection(r->str)) {
 		conn_refused(s, r->str);
 	} else {
 		char msg[ERRMSG_MAX + 32];
@@ -1668,7 +1668,7 @@ static void call_result(struct call *c, const redisReply *r)
 	s->last_reply = ev_now(s->loop);
 	if (r->type == REDIS_REPLY_ERROR) {
 		log_debug("redis store: error reply: %s", r->str);
-		if (auth_refusal(r->str))
+		if (refuses_connection(r->str))
 			conn_refused(s, r->str);
 		call_fail(c, service_error(r->str) ? FAIL_SERVICE : FAIL_REPLY);
 		return;
