@@ -11,13 +11,26 @@
 #   make docker-test  the compose stack of docker/ for real: build, up, the
 #                   walkthrough on :8080, Redis, Prometheus, an agent restart,
 #                   down -v (every case a skip where no Docker engine starts)
+#   make install    the agent, its Lua filter, an example configuration, the
+#                   systemd unit and the docs (PREFIX, DESTDIR, SYSCONFDIR, ...)
+#   make deb-test   build the .deb (debian/), install it with dpkg -i, run it, purge it
 
 CC       ?= cc
 BUILD    ?= build
 OPT      ?= -O2 -g
 SAN      ?=
-CFLAGS_ALL = -std=c11 $(OPT) $(SAN) -Wall -Wextra -Werror -D_GNU_SOURCE -Ispoe -Iagent $(CFLAGS)
-LDLIBS_ALL = -lev -lhiredis -lmsgpackc -lcjson -lyaml -lm -lpthread $(LDLIBS)
+CFLAGS_ALL = -std=c11 $(OPT) $(SAN) -Wall -Wextra -Werror -D_GNU_SOURCE -Ispoe -Iagent $(CPPFLAGS) $(CFLAGS)
+LDLIBS_ALL = $(LDFLAGS) -lev -lhiredis -lmsgpackc -lcjson -lyaml -lm -lpthread $(LDLIBS)
+
+# make install: the layout of a package (DESTDIR=staging dir, PREFIX=/usr,
+# SYSCONFDIR=/etc for Debian's; debian/rules says so).
+PREFIX        ?= /usr/local
+BINDIR        ?= $(PREFIX)/bin
+DATADIR       ?= $(PREFIX)/share/tollgate
+DOCDIR        ?= $(PREFIX)/share/doc/tollgate
+SYSCONFDIR    ?= $(PREFIX)/etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+INSTALL       ?= install
 
 SPOE_SRC  := $(wildcard spoe/*.c)
 AGENT_SRC := $(filter-out agent/main.c,$(wildcard agent/*.c))
@@ -27,7 +40,7 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HDRS      := $(wildcard spoe/*.h agent/*.h tests/unit/*.h)
 
-.PHONY: all deps test asan fuzz bench demo compat docker-test clean
+.PHONY: all deps test asan fuzz bench demo compat docker-test clean install deb-test
 all: $(BUILD)/tollgate $(BUILD)/libspop.a $(UNIT_BIN) $(BUILD)/spop-load
 
 $(BUILD)/%.o: %.c $(HDRS)
@@ -86,6 +99,27 @@ bench: all
 demo: deps
 	$(MAKE) all
 	BUILD=$(BUILD) examples/demo.sh
+
+# The agent only (no tests): what a package ships.
+install: $(BUILD)/tollgate
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)/examples \
+	              $(DESTDIR)$(SYSCONFDIR)/tollgate $(DESTDIR)$(SYSTEMDUNITDIR)
+	$(INSTALL) -m 0755 $(BUILD)/tollgate $(DESTDIR)$(BINDIR)/tollgate
+	$(INSTALL) -m 0644 haproxy/tollgate.lua $(DESTDIR)$(DATADIR)/tollgate.lua
+	$(INSTALL) -m 0644 examples/token-control.yaml $(DESTDIR)$(DOCDIR)/examples/token-control.yaml
+	$(INSTALL) -m 0644 examples/token-control.yaml $(DESTDIR)$(SYSCONFDIR)/tollgate/tollgate.yaml
+	$(INSTALL) -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	$(INSTALL) -m 0644 haproxy/README.md $(DESTDIR)$(DOCDIR)/haproxy.md
+	$(INSTALL) -m 0644 doc/gateway.md doc/spop-behaviour.md $(DESTDIR)$(DOCDIR)/
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	    dist/tollgate.service >$(DESTDIR)$(SYSTEMDUNITDIR)/tollgate.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/tollgate.service
+
+# Build the Debian package from debian/ with dpkg-buildpackage, install it,
+# run it from the installed paths, purge it (tests/package/test_deb.py; root).
+deb-test:
+	@sh tests/deps.sh
+	BUILD=$(BUILD) TEST_DIRS=package TESTS=package/ tests/run.sh
 
 clean:
 	rm -rf build build-asan

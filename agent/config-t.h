@@ -124,6 +124,8 @@ struct tg_haproxy_cfg {
 
 /* ---------------------------------------------------------------- store */
 
+#define TG_SENTINELS_MAX 8
+
 struct tg_store_cfg {
 	char *redis;             /* the URL as written; NULL: embedded store */
 	char *host;              /* parsed from redis: host (no brackets for IPv6) */
@@ -131,6 +133,12 @@ struct tg_store_cfg {
 	char *username;          /* NULL unless "redis://user:pass@..." */
 	char *password;          /* NULL unless given */
 	int db;                  /* default 0 */
+	/* "redis-sentinel://[[user]:password@]h1[:26379][,h2...]/MASTER[/db]":
+	 * the master is asked of these sentinels (host/port: the first one);
+	 * user and password are the master's. n_sentinels 0: host is Redis. */
+	char *sentinel_master;
+	unsigned n_sentinels;
+	struct tg_sentinel { char *host; uint16_t port; } sentinels[TG_SENTINELS_MAX];
 	uint32_t timeout_ms;     /* deadline of every store call, default 50 */
 	enum tg_failure_mode failure_mode; /* default local */
 	uint32_t lease_ms;       /* YAML lease_ttl: reservation lease, default 600000 (10m) */

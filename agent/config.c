@@ -724,18 +724,66 @@ static char *pct_decode(struct loader *L, const char *s, size_t n)
 	return o;
 }
 
-/* "redis://[[user]:password@]host[:port][/db]". Messages never show the
- * password. */
+/* The database number of a URL path ("" is 0). */
+static int parse_redis_db(struct loader *L, const struct cy_node *n, const char *p)
+{
+	long v = 0;
+
+	for (; *p; p++) {
+		if (*p < '0' || *p > '9' || v > 65535)
+			failn(L, n, "bad database number in the redis URL (expected /0 .. /65535)");
+		v = v * 10 + (*p - '0');
+	}
+	if (v > 65535)
+		failn(L, n, "bad database number in the redis URL (expected /0 .. /65535)");
+	return (int)v;
+}
+
+/* "h1[:port][,h2[:port]...]/MASTER[/db]" of a redis-sentinel:// URL. */
+static void parse_sentinels(struct loader *L, const struct cy_node *n, const char *hosts,
+                            const char *path, struct tg_store_cfg *s)
+{
+	const char *db;
+	char *h = cy_strndup(&L->cx->tree, hosts, strlen(hosts)), *comma;
+
+	for (; h; h = comma ? comma + 1 : NULL) {
+		struct tg_sentinel *t = &s->sentinels[s->n_sentinels];
+
+		if ((comma = strchr(h, ',')))
+			*comma = 0;
+		if (!*h)
+			failn(L, n, "missing sentinel host in the redis URL (an empty one in the list)");
+		if (s->n_sentinels == TG_SENTINELS_MAX)
+			failn(L, n, "more than %d sentinels in the redis URL", TG_SENTINELS_MAX);
+		parse_hostport(L, n, h, HP_PORT_OPTIONAL, 26379, &t->host, &t->port);
+		s->n_sentinels++;
+	}
+	if (!path || !path[1] || path[1] == '/')
+		failn(L, n, "missing master name: redis-sentinel://SENTINEL[,SENTINEL...]/MASTER[/db]");
+	db = strchr(path + 1, '/');
+	s->sentinel_master = cy_strndup(AR(L), path + 1,
+	                                db ? (size_t)(db - path - 1) : strlen(path + 1));
+	s->db = db ? parse_redis_db(L, n, db + 1) : 0;
+	s->host = s->sentinels[0].host;
+	s->port = s->sentinels[0].port;
+}
+
+/* "redis://[[user]:password@]host[:port][/db]", or
+ * "redis-sentinel://[[user]:password@]host[:port][,host[:port]...]/MASTER[/db]"
+ * (sentinels, default port 26379, and the master's name). Messages never
+ * show the password. */
 static void parse_redis_url(struct loader *L, const struct cy_node *n, struct tg_store_cfg *s)
 {
 	const char *u = s->redis, *auth, *hostpart, *slash, *at;
+	bool sentinel = strncasecmp(u, "redis-sentinel://", 17) == 0;
 	char *hp;
 
 	if (strncasecmp(u, "rediss://", 9) == 0)
 		failn(L, n, "TLS (rediss://) is not supported; use redis://");
-	if (strncasecmp(u, "redis://", 8) != 0)
-		failn(L, n, "expected redis://[:password@]host:port[/db]");
-	auth = u + 8;
+	if (strncasecmp(u, "redis://", 8) != 0 && !sentinel)
+		failn(L, n, "expected redis://[:password@]host:port[/db] or "
+		      "redis-sentinel://[:password@]host:port[,host:port...]/MASTER[/db]");
+	auth = u + (sentinel ? 17 : 8);
 	slash = strchr(auth, '/');
 	if (strpbrk(auth, "?#"))
 		failn(L, n, "query strings and fragments are not supported in the redis URL");
@@ -771,20 +819,12 @@ static void parse_redis_url(struct loader *L, const struct cy_node *n, struct tg
 	hp = cy_strndup(&L->cx->tree, hostpart, alen - (size_t)(hostpart - auth));
 	if (!*hp)
 		failn(L, n, "missing host in the redis URL");
-	parse_hostport(L, n, hp, HP_PORT_OPTIONAL, 6379, &s->host, &s->port);
-	s->db = 0;
-	if (slash && slash[1]) {
-		long v = 0;
-
-		for (const char *p = slash + 1; *p; p++) {
-			if (*p < '0' || *p > '9' || v > 65535)
-				failn(L, n, "bad database number in the redis URL (expected /0 .. /65535)");
-			v = v * 10 + (*p - '0');
-		}
-		if (v > 65535)
-			failn(L, n, "bad database number in the redis URL (expected /0 .. /65535)");
-		s->db = (int)v;
+	if (sentinel) {
+		parse_sentinels(L, n, hp, slash, s);
+		return;
 	}
+	parse_hostport(L, n, hp, HP_PORT_OPTIONAL, 6379, &s->host, &s->port);
+	s->db = slash && slash[1] ? parse_redis_db(L, n, slash + 1) : 0;
 }
 
 static const char *const failure_modes[] = { "local", "open", "closed", NULL };

@@ -590,6 +590,10 @@ static int declare_product(struct metrics *m)
 		  "Store calls that failed or missed their deadline.", NULL },
 		{ TGM_STORE_BREAKER_OPEN, "tollgate_store_breaker_open", METRIC_GAUGE,
 		  "1 while the store circuit breaker is open.", NULL },
+		{ TGM_STORE_RECONNECTS, "tollgate_store_reconnects_total", METRIC_COUNTER,
+		  "Connection attempts to Redis after the first: each follows a failed attempt "
+		  "(refused, timed out, or refused by Redis: NOAUTH, WRONGPASS, DENIED) or a lost "
+		  "connection; retried with backoff from 50 ms to 2 s.", NULL },
 		{ TGM_OVERSHOOT_TOKENS, "tollgate_overshoot_tokens_total", METRIC_COUNTER,
 		  "Tokens settled beyond a rule's limit, by rule.", L("rule") },
 		{ TGM_UNVERDICTED, "tollgate_unverdicted_total", METRIC_COUNTER,
@@ -626,6 +630,7 @@ static int declare_product(struct metrics *m)
 	metrics_series(m, TGM_RING_LINES, L("record"));
 	metrics_series(m, TGM_RING_LINES, L("other"));
 	metrics_set(m, TGM_RING_SESSIONS, NULL, 0);
+	metrics_set(m, TGM_STORE_RECONNECTS, NULL, 0);
 	metrics_set(m, TGM_BUILD_INFO, L(TOLLGATE_VERSION), 1);
 	return 0;
 }
@@ -834,6 +839,11 @@ void tgm_store_error(struct metrics *m)
 void tgm_store_breaker(struct metrics *m, bool open)
 {
 	metrics_set(m, TGM_STORE_BREAKER_OPEN, NULL, open ? 1 : 0);
+}
+
+void tgm_store_reconnects(struct metrics *m, uint64_t attempts)
+{
+	metrics_set(m, TGM_STORE_RECONNECTS, NULL, (double)attempts);
 }
 
 void tgm_overshoot(struct metrics *m, const char *rule, uint64_t tokens)

@@ -48,6 +48,7 @@ enum tgm_family {
 	TGM_STORE_SECONDS,      /* tollgate_store_seconds, histogram 10us..1s */
 	TGM_STORE_ERRORS,       /* tollgate_store_errors_total */
 	TGM_STORE_BREAKER_OPEN, /* tollgate_store_breaker_open, gauge 0/1 */
+	TGM_STORE_RECONNECTS,   /* tollgate_store_reconnects_total (Redis connection retries) */
 	TGM_OVERSHOOT_TOKENS,   /* tollgate_overshoot_tokens_total [rule] */
 	TGM_UNVERDICTED,        /* tollgate_unverdicted_total (failure-policy decisions) */
 	TGM_SPOP_CONNECTIONS,   /* tollgate_spop_connections, gauge (active) */
@@ -138,6 +139,8 @@ void tgm_quota_remaining(struct metrics *m, const char *consumer, double remaini
 void tgm_store_latency(struct metrics *m, double seconds);
 void tgm_store_error(struct metrics *m);
 void tgm_store_breaker(struct metrics *m, bool open);
+/* Mirrors the Redis store's count of connection attempts after the first. */
+void tgm_store_reconnects(struct metrics *m, uint64_t attempts);
 void tgm_overshoot(struct metrics *m, const char *rule, uint64_t tokens);
 void tgm_unverdicted(struct metrics *m);
 /* The settlement ring (ring_reader.c): sessions reading records now; lines

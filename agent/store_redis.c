@@ -21,6 +21,20 @@
  * answers every pending command synchronously while it frees a context, and
  * doing that from inside a call's own failure path would free the call
  * under our feet.
+ *
+ * Connection trouble. A connection counts as good only once Redis has
+ * answered something on it without an error: a TCP connect alone proves
+ * nothing (a Redis in protected mode, or one wanting a password, accepts and
+ * then refuses). So the backoff (BACKOFF_MIN doubling to BACKOFF_MAX) is
+ * reset by the first good reply of a connection, not by its connect. A
+ * connection whose setup Redis refuses for who we are (NOAUTH, WRONGPASS,
+ * DENIED) is dropped and tried again later, with AUTH again, as a lost one
+ * is. Each attempt reports at most one failure, and the reports go through a
+ * small table (struct errlog): a message is logged when first seen, its
+ * repeats within LOG_INTERVAL are counted, not logged, and the next line
+ * says how many there were; the first good reply logs the recovery with the
+ * count of failed attempts. The refusals that an operator must act on carry
+ * a one-line hint (auth_hint()).
  */
 #include <math.h>
 #include <stdarg.h>
@@ -42,10 +56,13 @@
 #define MARKER_MS       3600000     /* replayed-charge markers: a replay applies once */
 #define DEFAULT_TIMEOUT 50          /* ms */
 #define BACKOFF_MIN     0.05        /* s, doubled per failed attempt... */
-#define BACKOFF_MAX     1.0         /* ...up to this */
+#define BACKOFF_MAX     2.0         /* ...up to this (reset by a good reply) */
 #define CONNECT_TIMEOUT 1.0         /* s, at least (hiredis 0.14 has none) */
 #define SILENT_DROP     5.0         /* s without any reply + a failed probe: reconnect */
 #define TICK            1.0         /* s */
+#define LOG_INTERVAL    10.0        /* s: one line per distinct trouble per interval */
+#define ERRLOG_SLOTS    4           /* distinct troubles remembered at once */
+#define ERRMSG_MAX      200         /* a trouble's text, cut at its first sentence */
 #define REPLAY_WINDOW   64          /* replayed items in flight */
 #define REPLAY_TRIES    3           /* error replies before an item is dropped */
 #define LOCAL_RIDS_MAX  1000000
@@ -120,6 +137,14 @@ struct call {
 	char key[STORE_KEY_MAX];
 };
 
+/* A trouble already logged: repeats within LOG_INTERVAL are only counted. */
+struct errlog {
+	char msg[ERRMSG_MAX];        /* "" : a free slot */
+	char where[80];              /* host:port it was about */
+	ev_tstamp logged_at;
+	unsigned repeats;            /* seen since logged_at, not logged */
+};
+
 /* A request admitted by the local store: its settlement goes there, and the
  * quota it could not check is charged to Redis later. */
 struct local_quota {
@@ -152,9 +177,24 @@ struct rstore {
 	int64_t test_now;            /* < 0: Redis TIME */
 	bool closing;
 
+	/* Sentinel: the master's address (host, port) is asked of them at each
+	 * connection attempt, one after the other, the last one that answered
+	 * first. n_sentinels 0: host and port are Redis. */
+	char *master_name;
+	unsigned n_sentinels, sentinel_i, sentinel_tried;
+	struct { char *host; uint16_t port; } sentinels[TG_SENTINELS_MAX];
+	redisAsyncContext *sac;      /* the query in flight */
+	char sentinel_err[ERRMSG_MAX];
+
 	redisAsyncContext *ac;       /* NULL: disconnected (reconnect timer runs) */
 	bool connected;              /* ac finished connecting */
-	bool warned_down;            /* one warning per outage */
+	bool healthy;                /* Redis answered on ac without an error */
+	bool attempt_failed;         /* this attempt's failure was reported */
+	bool attempted;              /* a first attempt was made (the next ones count) */
+	unsigned failed_attempts;    /* since the last healthy connection */
+	ev_tstamp trouble_since;
+	char drop_why[ERRMSG_MAX];   /* why the drop timer runs ("": no answer) */
+	struct errlog errlog[ERRLOG_SLOTS];
 	double backoff;
 	ev_tstamp last_reply;
 	ev_timer reconnect, connect_timeout, drop;
@@ -228,21 +268,26 @@ static const char *mode_name(enum tg_failure_mode m)
 	return m == TG_FAIL_OPEN ? "open" : m == TG_FAIL_CLOSED ? "closed" : "local";
 }
 
+/* Does the error reply msg carry this code ("NOAUTH Authentication ...")? */
+static bool has_code(const char *msg, const char *code)
+{
+	size_t n = strlen(code);
+
+	return strncmp(msg, code, n) == 0 && (msg[n] == ' ' || msg[n] == 0);
+}
+
 /* Error replies that say Redis cannot serve anyone right now (they count
  * toward the breaker); any other error concerns one call only. */
 static bool service_error(const char *msg)
 {
 	static const char *const codes[] = {
-		"LOADING", "BUSY", "NOAUTH", "WRONGPASS", "NOPERM", "MASTERDOWN",
+		"LOADING", "BUSY", "NOAUTH", "WRONGPASS", "DENIED", "NOPERM", "MASTERDOWN",
 		"READONLY", "OOM", "MISCONF", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS",
 	};
 
-	for (size_t i = 0; i < sizeof(codes) / sizeof(*codes); i++) {
-		size_t n = strlen(codes[i]);
-
-		if (strncmp(msg, codes[i], n) == 0 && (msg[n] == ' ' || msg[n] == 0))
+	for (size_t i = 0; i < sizeof(codes) / sizeof(*codes); i++)
+		if (has_code(msg, codes[i]))
 			return true;
-	}
 	return false;
 }
 
@@ -474,7 +519,6 @@ static void breaker_close(struct rstore *s)
 		log_info("redis store: circuit breaker closed, Redis serves again");
 	s->breaker = STORE_REDIS_CLOSED;
 	s->fails = 0;
-	s->warned_down = false;
 	ev_timer_stop(s->loop, &s->cooldown_timer);
 	replay_kick(s);
 }
@@ -541,13 +585,174 @@ static void conn_retry(struct rstore *s)
 	s->backoff = s->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : s->backoff * 2;
 }
 
+/* What an operator should do about a refusal of who we are, or "". */
+static const char *auth_hint(const char *msg)
+{
+	static const struct { const char *code, *hint; } hints[] = {
+		{ "NOAUTH", "Redis wants a password: give it in store.redis "
+		  "(redis://:PASSWORD@host:port, redis://USER:PASSWORD@host:port for an "
+		  "ACL user) or in the plugin's redis block (password, username)" },
+		{ "WRONGPASS", "Redis refuses this user and password: check the password (and "
+		  "ACL user) in store.redis or the plugin's redis block against Redis's "
+		  "requirepass or ACL LIST" },
+		{ "DENIED", "Redis is in protected mode and accepts only local clients: set a "
+		  "password (requirepass, or an ACL user) and give it in store.redis, "
+		  "or configure Redis's bind and protected-mode" },
+		{ "NOPERM", "the ACL user lacks a permission: it needs EVAL, EVALSHA, SCRIPT, "
+		  "GET, SET, INCRBY, PING and the budget keys (e.g. +@all ~*)" },
+		{ "READONLY", "this address is a replica: point store.redis at the primary, "
+		  "or name the sentinels (redis-sentinel://HOST:PORT,.../MASTER)" },
+	};
+
+	for (size_t i = 0; i < sizeof(hints) / sizeof(*hints); i++)
+		if (has_code(msg, hints[i].code))
+			return hints[i].hint;
+	return "";
+}
+
+/* Refusals that no command on this connection can get past: drop it and
+ * connect again (AUTH again; with Sentinel, asking for the master again)
+ * with backoff. READONLY: the address is a replica (a failover happened). */
+static bool refuses_connection(const char *msg)
+{
+	return has_code(msg, "NOAUTH") || has_code(msg, "WRONGPASS") || has_code(msg, "DENIED") ||
+	       has_code(msg, "READONLY");
+}
+
+/* msg, cut at the end of its first sentence when it is long (the protected
+ * mode text is a page), into out[ERRMSG_MAX]. */
+static void trouble_text(char *out, const char *msg)
+{
+	const char *dot = strstr(msg, ". ");
+	size_t n = strlen(msg);
+
+	if (n > 120 && dot)
+		n = (size_t)(dot - msg) + 1;
+	if (n >= ERRMSG_MAX)
+		n = ERRMSG_MAX - 1;
+	memcpy(out, msg, n);
+	out[n] = 0;
+}
+
+static void repeated(char *out, size_t len, unsigned n, double secs)
+{
+	if (n == 1)
+		snprintf(out, len, " (repeated once in the last %.0fs)", secs);
+	else
+		snprintf(out, len, " (repeated %u times in the last %.0fs)", n, secs);
+}
+
+/* Log a trouble once per LOG_INTERVAL; its repeats in between are counted
+ * and said on its next line. */
+static void errlog_report(struct rstore *s, enum log_level lvl, const char *what, const char *msg)
+{
+	ev_tstamp now = ev_now(s->loop);
+	struct errlog *e = NULL, *oldest = &s->errlog[0];
+	char text[ERRMSG_MAX], rep[96] = "", where[80];
+	const char *hint;
+
+	trouble_text(text, msg);
+	snprintf(where, sizeof(where), "%s:%u", s->host, s->port);
+	for (int i = 0; i < ERRLOG_SLOTS && !e; i++) {
+		if (s->errlog[i].msg[0] && strcmp(s->errlog[i].msg, text) == 0 &&
+		    strcmp(s->errlog[i].where, where) == 0)
+			e = &s->errlog[i];
+		else if (!s->errlog[i].msg[0] || s->errlog[i].logged_at < oldest->logged_at)
+			oldest = &s->errlog[i];
+	}
+	if (e && now - e->logged_at < LOG_INTERVAL) {
+		e->repeats++;
+		return;
+	}
+	if (e)
+		repeated(rep, sizeof(rep), e->repeats + 1, now - e->logged_at);
+	else
+		e = oldest;
+	snprintf(e->msg, sizeof(e->msg), "%s", text);
+	snprintf(e->where, sizeof(e->where), "%s", where);
+	e->logged_at = now;
+	e->repeats = 0;
+	hint = auth_hint(text);
+	log_msg(lvl, "redis store: %s %s: %s%s%s%s", where, what, text, rep,
+	        hint[0] ? " -- " : "", hint);
+}
+
+/* Repeats not said yet are said now (the trouble is over), and forgotten. */
+static void errlog_flush(struct rstore *s)
+{
+	ev_tstamp now = ev_now(s->loop);
+	char rep[96];
+
+	for (int i = 0; i < ERRLOG_SLOTS; i++) {
+		struct errlog *e = &s->errlog[i];
+
+		if (e->msg[0] && e->repeats) {
+			repeated(rep, sizeof(rep), e->repeats, now - e->logged_at);
+			log_warn("redis store: %s: %s%s", e->where, e->msg, rep);
+		}
+		e->msg[0] = 0;
+		e->repeats = 0;
+	}
+}
+
+/* This connection attempt failed (at most one report per attempt). */
 static void conn_down(struct rstore *s, const char *why)
 {
-	if (!s->warned_down)
-		log_warn("redis store: %s:%u unavailable (%s); retrying", s->host, s->port, why);
+	if (s->attempt_failed)
+		return;
+	s->attempt_failed = true;
+	if (!s->failed_attempts++)
+		s->trouble_since = ev_now(s->loop);
+	errlog_report(s, LOG_WARN, "unavailable, retrying", why);
+}
+
+/* Redis answered on this connection without an error: it is good, the
+ * backoff starts over, and a trouble before it is over. */
+static void conn_good(struct rstore *s)
+{
+	if (s->healthy || !s->ac)
+		return;
+	s->healthy = true;
+	s->backoff = BACKOFF_MIN;
+	errlog_flush(s);
+	if (s->failed_attempts)
+		log_info("redis store: connected to %s:%u after %u failed attempt%s in %.1fs",
+		         s->host, s->port, s->failed_attempts, s->failed_attempts > 1 ? "s" : "",
+		         ev_now(s->loop) - s->trouble_since);
 	else
-		log_debug("redis store: %s:%u unavailable (%s)", s->host, s->port, why);
-	s->warned_down = true;
+		log_info("redis store: connected to %s:%u", s->host, s->port);
+	s->failed_attempts = 0;
+}
+
+/* Redis refused who we are on this connection: report it, and drop it from
+ * our own timer (never under hiredis's feet). */
+static void conn_refused(struct rstore *s, const char *msg)
+{
+	if (s->drop_why[0] || !s->ac)
+		return;
+	trouble_text(s->drop_why, msg);
+	conn_down(s, msg);
+	ev_timer_stop(s->loop, &s->drop);
+	ev_timer_set(&s->drop, 0., 0.);
+	ev_timer_start(s->loop, &s->drop);
+}
+
+/* A reply to a setup command (AUTH, SELECT, SCRIPT LOAD). */
+static void setup_reply(struct rstore *s, const redisAsyncContext *ac, const redisReply *r,
+                        const char *what)
+{
+	if (!r || s->ac != ac)
+		return;
+	if (r->type != REDIS_REPLY_ERROR) {
+		conn_good(s);
+	} else if (refuses_connection(r->str)) {
+		conn_refused(s, r->str);
+	} else {
+		char msg[ERRMSG_MAX + 32];
+
+		snprintf(msg, sizeof(msg), "%s failed: %s", what, r->str);
+		errlog_report(s, LOG_ERROR, "refused a setup command", msg);
+	}
 }
 
 static const char *errstr(const redisAsyncContext *ac, const char *dflt)
@@ -569,11 +774,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
 		return;
 	}
 	s->connected = true;
-	s->warned_down = false;
-	s->backoff = BACKOFF_MIN;
 	s->last_reply = ev_now(s->loop);
 	s->st.connects++;
-	log_info("redis store: connected to %s:%u", s->host, s->port);
+	log_debug("redis store: TCP connection to %s:%u established", s->host, s->port);
 	if (s->breaker == STORE_REDIS_CLOSED)
 		replay_kick(s);
 	else if (s->breaker == STORE_REDIS_OPEN && ev_now(s->loop) - s->opened_at >= s->cooldown)
@@ -588,7 +791,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 	if (s->ac != ac)
 		return;                 /* we dropped it ourselves */
 	s->ac = NULL;
-	conn_down(s, errstr(ac, "connection closed"));
+	conn_down(s, s->drop_why[0] ? s->drop_why : errstr(ac, "connection closed"));
+	s->drop_why[0] = 0;
+	ev_timer_stop(s->loop, &s->drop);
 	conn_retry(s);
 }
 
@@ -611,8 +816,154 @@ static void on_drop(struct ev_loop *loop, ev_timer *w, int revents)
 	struct rstore *s = w->data;
 
 	(void)loop; (void)revents;
-	conn_down(s, "no answer");
+	conn_down(s, s->drop_why[0] ? s->drop_why : "no answer");
+	s->drop_why[0] = 0;
 	conn_drop(s);
+}
+
+static void connect_timer(struct rstore *s)
+{
+	ev_timer_stop(s->loop, &s->connect_timeout);
+	ev_timer_set(&s->connect_timeout,
+	             s->timeout * 20 > CONNECT_TIMEOUT ? s->timeout * 20 : CONNECT_TIMEOUT, 0.);
+	ev_timer_start(s->loop, &s->connect_timeout);
+}
+
+/* ------------------------------------------------------------- sentinel */
+
+static void sentinel_ask(struct rstore *s);
+static void master_connect(struct rstore *s);
+
+/* The sentinel asked did not name the master: ask the next one; when every
+ * one has been asked, this attempt failed. */
+static void sentinel_failed(struct rstore *s, const char *why)
+{
+	snprintf(s->sentinel_err, sizeof(s->sentinel_err), "sentinel %s:%u: %s",
+	         s->sentinels[s->sentinel_i].host, s->sentinels[s->sentinel_i].port, why);
+	s->sentinel_i = (s->sentinel_i + 1) % s->n_sentinels;
+	if (++s->sentinel_tried < s->n_sentinels) {
+		sentinel_ask(s);
+		return;
+	}
+	{
+		char msg[ERRMSG_MAX + 64];
+
+		snprintf(msg, sizeof(msg), "no sentinel named master %s (last: %s)",
+		         s->master_name, s->sentinel_err);
+		conn_down(s, msg);
+	}
+	conn_retry(s);
+}
+
+/* SENTINEL get-master-addr-by-name: [ip, port], or nil (unknown master). */
+static void on_sentinel_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct rstore *s = ac->data;
+	redisReply *reply = r;
+	char *host;
+	long port;
+
+	(void)privdata;
+	if (s->sac != ac)
+		return;
+	s->sac = NULL;
+	if (!reply) {
+		sentinel_failed(s, errstr(ac, "connection closed"));
+		return;
+	}
+	redisAsyncDisconnect(ac);    /* after this callback (hiredis defers it) */
+	if (reply->type == REDIS_REPLY_ERROR) {
+		sentinel_failed(s, reply->str);
+		return;
+	}
+	if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+	    reply->element[0]->type != REDIS_REPLY_STRING ||
+	    reply->element[1]->type != REDIS_REPLY_STRING ||
+	    (port = strtol(reply->element[1]->str, NULL, 10)) <= 0 || port > 65535) {
+		sentinel_failed(s, "does not know this master");
+		return;
+	}
+	if (!(host = strdup(reply->element[0]->str))) {
+		sentinel_failed(s, "out of memory");
+		return;
+	}
+	if (strcmp(host, s->host) != 0 || s->port != (uint16_t)port)
+		log_info("redis store: sentinel %s:%u names %s:%ld master %s",
+		         s->sentinels[s->sentinel_i].host, s->sentinels[s->sentinel_i].port,
+		         host, port, s->master_name);
+	free(s->host);
+	s->host = host;
+	s->port = (uint16_t)port;
+	ev_timer_stop(s->loop, &s->connect_timeout);
+	master_connect(s);
+}
+
+static void on_sentinel_connect(const redisAsyncContext *ac, int status)
+{
+	struct rstore *s = ac->data;
+
+	if (s->sac != ac || status == REDIS_OK)
+		return;
+	s->sac = NULL;              /* hiredis frees it after this callback */
+	ev_timer_stop(s->loop, &s->connect_timeout);
+	sentinel_failed(s, errstr(ac, "connect failed"));
+}
+
+static void on_sentinel_disconnect(const redisAsyncContext *ac, int status)
+{
+	struct rstore *s = ac->data;
+
+	(void)status;
+	if (s->sac != ac)
+		return;                 /* answered, or dropped by us */
+	s->sac = NULL;
+	ev_timer_stop(s->loop, &s->connect_timeout);
+	sentinel_failed(s, errstr(ac, "connection closed"));
+}
+
+static void sentinel_ask(struct rstore *s)
+{
+	const char *host = s->sentinels[s->sentinel_i].host;
+	redisAsyncContext *sac = redisAsyncConnect(host, s->sentinels[s->sentinel_i].port);
+
+	if (!sac || sac->err) {
+		if (sac)
+			redisAsyncFree(sac);
+		sentinel_failed(s, sac ? "cannot connect" : "out of memory");
+		return;
+	}
+	sac->data = s;
+	if (redisLibevAttach(s->loop, sac) != REDIS_OK) {
+		redisAsyncFree(sac);
+		sentinel_failed(s, "cannot watch the connection");
+		return;
+	}
+	redisAsyncSetConnectCallback(sac, on_sentinel_connect);
+	redisAsyncSetDisconnectCallback(sac, on_sentinel_disconnect);
+	s->sac = sac;
+	redisAsyncCommand(sac, on_sentinel_reply, NULL, "SENTINEL get-master-addr-by-name %s",
+	                  s->master_name);
+	connect_timer(s);
+}
+
+/* ROLE on a connection to the master a sentinel named: still the master? */
+static void on_role(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct rstore *s = ac->data;
+	redisReply *reply = r;
+
+	(void)privdata;
+	if (!reply || s->ac != ac || reply->type == REDIS_REPLY_ERROR) {
+		setup_reply(s, ac, reply, "ROLE");
+		return;
+	}
+	if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+	    reply->element[0]->type == REDIS_REPLY_STRING &&
+	    strcmp(reply->element[0]->str, "master") == 0) {
+		conn_good(s);
+		return;
+	}
+	conn_refused(s, "ROLE: not the master (a failover is under way): asking the sentinels again");
 }
 
 static void on_connect_timeout(struct ev_loop *loop, ev_timer *w, int revents)
@@ -620,7 +971,13 @@ static void on_connect_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 	struct rstore *s = w->data;
 
 	(void)loop; (void)revents;
-	if (s->ac && !s->connected) {
+	if (s->sac) {
+		redisAsyncContext *sac = s->sac;
+
+		s->sac = NULL;
+		redisAsyncFree(sac);
+		sentinel_failed(s, "no answer");
+	} else if (s->ac && !s->connected) {
 		conn_down(s, "connect timeout");
 		conn_drop(s);
 	}
@@ -634,11 +991,7 @@ static void on_reconnect(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void on_setup(redisAsyncContext *ac, void *r, void *privdata)
 {
-	redisReply *reply = r;
-
-	(void)ac;
-	if (reply && reply->type == REDIS_REPLY_ERROR)
-		log_error("redis store: %s failed: %s", (const char *)privdata, reply->str);
+	setup_reply(ac->data, ac, r, privdata);
 }
 
 static void on_loaded(redisAsyncContext *ac, void *r, void *privdata)
@@ -646,16 +999,14 @@ static void on_loaded(redisAsyncContext *ac, void *r, void *privdata)
 	struct script *sc = privdata;
 	redisReply *reply = r;
 
-	(void)ac;
 	if (!reply)
 		return;
 	if (reply->type == REDIS_REPLY_STRING && reply->len == 40) {
 		memcpy(sc->sha, reply->str, 40);
 		sc->sha[40] = 0;
 		log_debug("redis store: script %s v1 loaded as %s", script_src[sc->id].name, sc->sha);
-	} else if (reply->type == REDIS_REPLY_ERROR) {
-		log_error("redis store: SCRIPT LOAD %s failed: %s", script_src[sc->id].name, reply->str);
 	}
+	setup_reply(sc->s, ac, reply, "SCRIPT LOAD");
 }
 
 static void send_script_load(struct rstore *s, enum script_id id)
@@ -689,11 +1040,14 @@ static void conn_setup(struct rstore *s)
 		args_fmt(&a, "%d", s->db);
 		redisAsyncCommandArgv(s->ac, on_setup, "SELECT", a.argc, a.argv, a.len);
 	}
+	if (s->n_sentinels)
+		redisAsyncCommand(s->ac, on_role, NULL, "ROLE");
 	for (int i = 0; i < SCRIPT_N; i++)
 		send_script_load(s, (enum script_id)i);
 }
 
-static void conn_start(struct rstore *s)
+/* Connect to s->host:s->port (Redis, or the master a sentinel named). */
+static void master_connect(struct rstore *s)
 {
 	redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
 
@@ -705,6 +1059,9 @@ static void conn_start(struct rstore *s)
 		return;
 	}
 	ac->data = s;
+	s->healthy = false;
+	s->attempt_failed = false;
+	s->drop_why[0] = 0;
 	if (redisLibevAttach(s->loop, ac) != REDIS_OK) {
 		redisAsyncFree(ac);
 		conn_retry(s);
@@ -716,9 +1073,22 @@ static void conn_start(struct rstore *s)
 	s->ac = ac;
 	s->connected = false;
 	conn_setup(s);
-	ev_timer_set(&s->connect_timeout,
-	             s->timeout * 20 > CONNECT_TIMEOUT ? s->timeout * 20 : CONNECT_TIMEOUT, 0.);
-	ev_timer_start(s->loop, &s->connect_timeout);
+	connect_timer(s);
+}
+
+static void conn_start(struct rstore *s)
+{
+	if (s->attempted)
+		s->st.reconnects++;
+	s->attempted = true;
+	s->attempt_failed = false;
+	if (s->n_sentinels) {
+		s->sentinel_tried = 0;
+		s->sentinel_err[0] = 0;
+		sentinel_ask(s);
+	} else {
+		master_connect(s);
+	}
 }
 
 /* ------------------------------------------------------------ local rids */
@@ -1298,9 +1668,12 @@ static void call_result(struct call *c, const redisReply *r)
 	s->last_reply = ev_now(s->loop);
 	if (r->type == REDIS_REPLY_ERROR) {
 		log_debug("redis store: error reply: %s", r->str);
+		if (refuses_connection(r->str))
+			conn_refused(s, r->str);
 		call_fail(c, service_error(r->str) ? FAIL_SERVICE : FAIL_REPLY);
 		return;
 	}
+	conn_good(s);
 	s->st.last_latency_us = (int64_t)((ev_time() - c->t0) * 1e6);
 	if (s->breaker == STORE_REDIS_CLOSED)
 		s->fails = 0;
@@ -1574,6 +1947,12 @@ static void redis_free(void *impl)
 		s->ac = NULL;
 		redisAsyncFree(ac);
 	}
+	if (s->sac) {
+		redisAsyncContext *sac = s->sac;
+
+		s->sac = NULL;
+		redisAsyncFree(sac);
+	}
 	if (s->q_len)
 		log_warn("redis store: closing with %zu settlements/charges not replayed: lost",
 		         s->q_len);
@@ -1582,6 +1961,9 @@ static void redis_free(void *impl)
 	rids_sweep(s, true);
 	free(s->rids);
 	free(s->host);
+	free(s->master_name);
+	for (unsigned i = 0; i < s->n_sentinels; i++)
+		free(s->sentinels[i].host);
 	free(s->username);
 	free(s->password);
 	free(s);
@@ -1636,6 +2018,14 @@ struct store *store_redis_open(struct ev_loop *loop, const struct tg_store_cfg *
 	s->pub.impl = s;
 	s->loop = loop;
 	s->host = dup_or_null(cfg->host, &oom);
+	if (cfg->n_sentinels && cfg->sentinel_master) {
+		s->master_name = dup_or_null(cfg->sentinel_master, &oom);
+		for (unsigned i = 0; i < cfg->n_sentinels && i < TG_SENTINELS_MAX; i++) {
+			s->sentinels[i].host = dup_or_null(cfg->sentinels[i].host, &oom);
+			s->sentinels[i].port = cfg->sentinels[i].port;
+			s->n_sentinels = i + 1;
+		}
+	}
 	s->username = dup_or_null(cfg->username, &oom);
 	s->password = dup_or_null(cfg->password, &oom);
 	if (oom) {

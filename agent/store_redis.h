@@ -59,8 +59,19 @@
  * Redis Cluster is not supported: hiredis 0.14 has no cluster client, and
  * the reservation record is found from the rid alone, so it cannot share
  * the bucket keys' hash tag (the rate keys built by admit.c do carry one;
- * a quota prefix would need one too). Use a standalone Redis (or a primary
- * behind Sentinel / a proxy that keeps one request's keys on one node).
+ * a quota prefix would need one too). Use a standalone Redis, a primary
+ * behind a proxy that keeps one request's keys on one node, or Sentinel.
+ *
+ * Sentinel (cfg->n_sentinels > 0, "redis-sentinel://S1,S2/MASTER"): every
+ * connection attempt first asks a sentinel for the master's address
+ * (SENTINEL get-master-addr-by-name; the last one that answered first, the
+ * others in turn when it cannot), then connects there and checks ROLE: a
+ * replica is dropped and the sentinels asked again. A lost connection (the
+ * master died, or the sentinels demoted it: they close its clients) and a
+ * READONLY reply do the same, so a failover is followed without a restart;
+ * meanwhile failure_mode decides, and queued usage is replayed into the new
+ * master. Sentinels are asked without AUTH (user and password are the
+ * master's).
  *
  * Deadlines. Every call has cfg->timeout_ms (default 50 ms), enforced by an
  * ev_timer; a reply arriving later is ignored (a late "admitted" is released
@@ -72,7 +83,11 @@
  * connection, Redis refusing service) the breaker opens: calls fail at once
  * for breaker_cooldown_ms, then one probe (PING) decides between closed and
  * open again. The connection is re-established in the background with
- * backoff (50 ms doubling to 1 s). A failed or short-circuited admission
+ * backoff (50 ms doubling to 2 s; reset by the first good reply on a new
+ * connection, not by its TCP connect). A connection Redis refuses for who we
+ * are (NOAUTH, WRONGPASS, DENIED) is dropped and tried again the same way.
+ * Each distinct trouble is logged once per 10 s, with the count of its
+ * repeats, and the refusals with a hint of what to do. A failed or short-circuited admission
  * follows cfg->failure_mode:
  *   local   the rate buckets go to `local_fallback` (an embedded store) with
  *           limits scaled by this instance's share (store_redis_set_local_
@@ -138,6 +153,8 @@ struct store_redis_stats {
 	uint64_t breaker_opens;
 	bool connected;
 	uint64_t connects;              /* connections established (first one included) */
+	uint64_t reconnects;            /* connection attempts after the first: each follows
+	                                   a failed attempt or a lost connection */
 	int64_t last_latency_us;        /* round trip of the last successful call */
 	/* decisions taken without Redis (DESIGN: every one is counted) */
 	uint64_t fallback_local;        /* admissions decided by the local store */

@@ -49,6 +49,7 @@ static void collect_spop(struct metrics *m, void *arg)
 
 		store_redis_stats(a->store, &rs);
 		tgm_store_breaker(m, rs.breaker != STORE_REDIS_CLOSED);
+		tgm_store_reconnects(m, rs.reconnects);
 		metrics_set(m, TGM_STORE_ERRORS, NULL,
 		            (double)(rs.errors + rs.timeouts + rs.rejected));
 		/* every decision taken without Redis, by failure mode */

@@ -13,11 +13,16 @@ set -eu
 
 # build: compiler, libraries; tests: the real HAProxy, Redis, curl, wrk,
 # clang's libFuzzer and sanitizers, valgrind; the builds of other HAProxy
-# versions (`make compat`) need liblua5.4-0, libpcre2-8-0, libssl3, libcrypt1.
+# versions (`make compat`) need liblua5.4-0, libpcre2-8-0, libssl3, libcrypt1;
+# the .deb (`make deb-test`) is built with dpkg-dev and debhelper, its unit
+# checked with systemd-analyze (package systemd: the tool, no running systemd);
+# the Sentinel test runs Debian's redis-sentinel (where systemd runs, the
+# package also starts its own sentinel on 26379: the tests use free ports).
 PKGS="make build-essential pkg-config clang libclang-rt-14-dev
       libev-dev libhiredis-dev libmsgpack-dev libcjson-dev libyaml-dev
       haproxy redis-server curl wrk valgrind python3 ca-certificates openssl
-      liblua5.4-0 libpcre2-8-0 libssl3 libcrypt1"
+      liblua5.4-0 libpcre2-8-0 libssl3 libcrypt1
+      dpkg-dev debhelper systemd redis-sentinel"
 # The OpenAI Node SDK test needs node and npm: Debian's when there are none
 # (a machine with its own Node.js, e.g. NodeSource's, which ships npm, keeps it).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -17,7 +17,9 @@
 #   - a unit test whose binary is missing (no build) is a failure.
 # The modules are the sources: tests/unit/test_*.c (binaries in $BUILD/tests),
 # tests/{runner,conformance,e2e}/test_*.py, tests/fuzz/run.sh (TESTS_ROOT
-# names another tree: tests/runner/test_runner.py runs the runner on one).
+# names another tree: tests/runner/test_runner.py runs the runner on one;
+# TEST_DIRS names other directories of Python modules: `make deb-test` runs
+# tests/package with TEST_DIRS=package TESTS=package/).
 # TESTS=pattern restricts the run to modules whose label contains it; inside
 # a module, TESTS_FILTER=substring skips the other cases (counted as skips).
 # The last line is "N passed, N failed, N skipped"; the exit status is 1 if any
@@ -104,7 +106,7 @@ for src in "$ROOT"/unit/test_*.c; do
 		missing "unit/$(basename "$t")" "no binary $t: build with make"
 	fi
 done
-for dir in runner conformance e2e; do
+for dir in ${TEST_DIRS:-runner conformance e2e}; do
 	for t in "$ROOT"/$dir/test_*.py; do
 		[ -f "$t" ] && run_one "$dir/$(basename "$t")" python3 "$t"
 	done

@@ -530,6 +530,28 @@ CASE(store_redis_url)
 	CHECK(strstr(last_err, "topsecret") == NULL);
 	REFUSED("store: { redis: \"redis://:topsecret@bad_host!:1\" }\n", "store.redis", "bad host");
 	CHECK(strstr(last_err, "topsecret") == NULL);
+	/* Sentinel: the sentinels (default port 26379), the master's name, the db */
+	c = load("store: { redis: \"redis-sentinel://:s3cret@10.0.0.1,10.0.0.2:26380,[::1]/mymaster/3\" }\n");
+	CHECK(c && c->store.n_sentinels == 3 && strcmp(c->store.sentinel_master, "mymaster") == 0);
+	CHECK(c && strcmp(c->store.sentinels[0].host, "10.0.0.1") == 0 &&
+	      c->store.sentinels[0].port == 26379);
+	CHECK(c && strcmp(c->store.sentinels[1].host, "10.0.0.2") == 0 &&
+	      c->store.sentinels[1].port == 26380);
+	CHECK(c && strcmp(c->store.sentinels[2].host, "::1") == 0 && c->store.db == 3);
+	CHECK(c && strcmp(c->store.password, "s3cret") == 0);
+	CHECK(c && strcmp(c->store.host, "10.0.0.1") == 0 && c->store.port == 26379);
+	config_free(c);
+	c = load("store: { redis: \"redis://h:1\" }\n");
+	CHECK(c && c->store.n_sentinels == 0 && c->store.sentinel_master == NULL);
+	config_free(c);
+	REFUSED("store: { redis: \"redis-sentinel://h1,h2\" }\n", "store.redis", "master name");
+	REFUSED("store: { redis: \"redis-sentinel://h1//0\" }\n", "store.redis", "master name");
+	REFUSED("store: { redis: \"redis-sentinel:///m\" }\n", "store.redis", "missing host");
+	REFUSED("store: { redis: \"redis-sentinel://h1,,/m\" }\n", "store.redis", "missing");
+	REFUSED("store: { redis: \"redis-sentinel://h1:0/m\" }\n", "store.redis", "bad port");
+	REFUSED("store: { redis: \"redis-sentinel://h1/m/x\" }\n", "store.redis", "database");
+	REFUSED("store: { redis: \"redis-sentinel://1,2,3,4,5,6,7,8,9/m\" }\n", "store.redis",
+	        "more than 8");
 	REFUSED("store: { failure_mode: maybe }\n", "store.failure_mode", "local, open, closed");
 	REFUSED("store: { timeout_ms: 0 }\n", "store.timeout_ms", "between 1ms");
 	REFUSED("store: { lease_ttl: 10ms }\n", "store.lease_ttl", "between");

@@ -186,6 +186,7 @@ CASE(product_families)
 		"# TYPE tollgate_store_seconds histogram",
 		"# TYPE tollgate_store_errors_total counter",
 		"# TYPE tollgate_store_breaker_open gauge",
+		"# TYPE tollgate_store_reconnects_total counter",
 		"# TYPE tollgate_overshoot_tokens_total counter",
 		"# TYPE tollgate_unverdicted_total counter",
 	};
@@ -202,6 +203,7 @@ CASE(product_families)
 	CHECK(strstr(b.data, "\ntollgate_spop_frames_total{direction=\"out\"} 0\n") != NULL);
 	CHECK(strstr(b.data, "\ntollgate_settlements_total{result=\"late\",source=\"record\"} 0\n"));
 	CHECK(strstr(b.data, "\ntollgate_store_errors_total 0\n") != NULL);
+	CHECK(strstr(b.data, "\ntollgate_store_reconnects_total 0\n") != NULL);
 	CHECK(strstr(b.data, "\ntollgate_unverdicted_total 0\n") != NULL);
 	CHECK(strstr(b.data, "\ntollgate_admission_seconds_bucket{le=\"1e-05\"} 0\n") != NULL);
 	CHECK(strstr(b.data, "\ntollgate_admission_seconds_bucket{le=\"2.5e-05\"} 0\n") != NULL);
@@ -234,6 +236,7 @@ CASE(typed_helpers)
 	tgm_store_latency(m, 0.002);
 	tgm_store_error(m);
 	tgm_store_breaker(m, true);
+	tgm_store_reconnects(m, 12);
 	tgm_overshoot(m, "default_rule", 4);
 	tgm_unverdicted(m);
 	tgm_unverdicted(NULL);                         /* no registry: a no-op */
@@ -252,6 +255,7 @@ CASE(typed_helpers)
 	CHECK(has_line(m, "tollgate_store_seconds_bucket{le=\"0.0025\"} 1"));
 	CHECK(has_line(m, "tollgate_store_errors_total 1"));
 	CHECK(has_line(m, "tollgate_store_breaker_open 1"));
+	CHECK(has_line(m, "tollgate_store_reconnects_total 12"));
 	CHECK(has_line(m, "tollgate_overshoot_tokens_total{rule=\"default_rule\"} 4"));
 	CHECK(has_line(m, "tollgate_unverdicted_total 1"));
 	metrics_free(m);

@@ -745,7 +745,8 @@ CASE(key_listed_twice)
 
 /* AUTH (password, or ACL user + password) and SELECT, sent before
  * anything else on every connection; a wrong password is a failure that
- * opens the breaker, never a hang. */
+ * opens the breaker, never a hang: the connection is dropped and tried
+ * again with backoff, and gets in once Redis takes the password. */
 CASE(auth_and_select)
 {
 	struct tg_store_cfg cfg;
@@ -754,6 +755,8 @@ CASE(auth_and_select)
 	struct store_admit_res r;
 	struct admit_out o;
 	struct store_admit_req req;
+	struct store_redis_stats s;
+	ev_tstamp t0;
 
 	CHECK(strcmp(cmd("ACL SETUSER tg on >tg-pass ~* &* +@all"), "OK") == 0);
 	CHECK(strcmp(cmd("CONFIG SET requirepass s3cret"), "OK") == 0);
@@ -784,9 +787,12 @@ CASE(auth_and_select)
 	RUN_UNTIL(st && ready(st), 3);
 	CHECK(admit1(st, "a2", "tollgate:{a}:rl:r:0:k:60000", 10, 60000, 1, false).admitted);
 	close_store(st);
-	/* a wrong password */
+	/* a wrong password: Redis refuses who we are (WRONGPASS), so the
+	 * connection is dropped and tried again, AUTH included; the calls fail
+	 * either way (an error reply, or not sent for want of a connection) */
 	cfg.username = NULL;
 	cfg.password = "wrong";
+	t0 = ev_time();
 	st = store_redis_open(loop, &cfg, NULL, err, sizeof(err));
 	RUN_UNTIL(st && stats(st).connected, 3);
 	for (int i = 0; i < 3; i++) {
@@ -796,8 +802,20 @@ CASE(auth_and_select)
 		RUN_UNTIL(o.calls > 0, 2);
 		CHECK(o.calls == 1 && o.res.err == -1);                   /* closed */
 	}
-	CHECK(stats(st).breaker == STORE_REDIS_OPEN && stats(st).errors >= 2);
-	CHECK(stats(st).fallback_closed == 3);
+	s = stats(st);
+	CHECK(s.breaker == STORE_REDIS_OPEN && s.errors + s.rejected >= 2);
+	CHECK(s.fallback_closed == 3);
+	/* with backoff (50 ms doubling), which a TCP connect does not reset:
+	 * 5 retries take 1.55 s, not 5 x 50 ms */
+	RUN_UNTIL(stats(st).reconnects >= 5, 4);
+	s = stats(st);
+	CHECK(s.reconnects >= 5 && s.connects >= 5 && ev_time() - t0 >= 1.5);
+	/* Redis now wants that password: the next attempt gets in */
+	CHECK(strcmp(cmd("CONFIG SET requirepass wrong"), "OK") == 0);
+	RUN_UNTIL(ready(st), 5);
+	CHECK(ready(st));
+	r = admit1(st, "a4", "tollgate:{a}:rl:r:0:k:60000", 10, 60000, 1, false);
+	CHECK(r.err == 0 && r.admitted);
 	close_store(st);
 	CHECK(strcmp(cmd("CONFIG SET requirepass %s", ""), "OK") == 0);
 	CHECK(strcmp(cmd("ACL DELUSER tg"), "1") == 0);
