@@ -712,7 +712,6 @@ static void conn_process(struct conn *c)
 			memmove(c->rbuf, c->rbuf + off, c->rlen - off);
 			c->rlen -= off;
 		}
-
 		if (!c->paused && c->state != CS_CLOSING && !c->srv->draining)
 			ev_io_start(c->srv->loop, &c->rio);
 	}
