@@ -103,8 +103,8 @@ struct tg_haproxy_cfg {
 	char *listen;            /* gateway frontend bind, default ":8080" */
 	char *tls_listen;        /* optional HTTPS bind (e.g. ":8443"), NULL if unset */
 	char *tls_cert;          /* PEM for tls_listen; required with it */
-	uint32_t bufsize;        /* tune.bufsize, 16384 .. 16777216; default max_body +
-	                            CONFIG_HEADER_ROOM */
+	uint32_t bufsize;        /* tune.bufsize, 16384 .. CONFIG_BUFSIZE_MAX; default
+	                            max_body + CONFIG_HEADER_ROOM */
 	uint32_t max_body;       /* largest request body, default 4 MiB (or bufsize -
 	                            CONFIG_HEADER_ROOM when bufsize is set); larger: 413 */
 	uint32_t maxconn;        /* default 4096, >= 1 */

@@ -658,9 +658,9 @@ static void parse_haproxy(struct loader *L, const struct cy_node *m)
 	 * holds the body, the headers (CONFIG_HEADER_ROOM) and HAProxy's
 	 * rewrite reserve. Either size follows from the other. */
 	h->max_body = (uint32_t)opt_int(L, m, "max_body", 4194304, 1024,
-	                                16777216 - CONFIG_HEADER_ROOM);
+	                                CONFIG_BUFSIZE_MAX - CONFIG_HEADER_ROOM);
 	if ((n = get(m, "bufsize"))) {
-		h->bufsize = (uint32_t)s_int(L, n, 16384, 16777216);
+		h->bufsize = (uint32_t)s_int(L, n, 16384, CONFIG_BUFSIZE_MAX);
 		if (!get(m, "max_body"))
 			h->max_body = h->bufsize - CONFIG_HEADER_ROOM;
 		else if (h->max_body > h->bufsize - CONFIG_HEADER_ROOM)

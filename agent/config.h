@@ -41,6 +41,11 @@ void config_free(struct tg_config *cfg);
  * (tune.maxrewrite, 1024) and the request's headers (8192). */
 #define CONFIG_HEADER_ROOM (1024 + 8192)
 
+/* The largest tune.bufsize: HAProxy 2.6 to 3.0 put a buffer on the stack
+ * to build an agent's health check (`option spop-check`), and crash from
+ * 8 MiB on (measured, haproxy -c; the stack limit is 8 MiB). */
+#define CONFIG_BUFSIZE_MAX (8u * 1024 * 1024 - 64 * 1024)
+
 /* The largest body HAProxy hands over whole (request to the agent, answer
  * to the `response` message): haproxy.max_body, at most the buffer minus
  * CONFIG_HEADER_ROOM. Larger requests get 413. */

@@ -22,7 +22,9 @@ What it proves:
     same for a chunked body with no content-length;
   - the built-in mock provider (the demo's upstream) takes a 4 MiB prompt;
   - a megabyte that is not JSON is a 400 invalid_json, not a hang;
-  - haproxy.max_body set lower moves the ceiling to it.
+  - haproxy.max_body set lower moves the ceiling to it;
+  - the largest buffer the YAML accepts (8323072) passes `haproxy -c`: from
+    8 MiB on, 2.6 to 3.0 crash building the agent's health check.
 """
 import json
 import os
@@ -272,6 +274,15 @@ def max_body_setting_moves_the_ceiling(c):
     assert st == 413, (st, data[:300])
     assert "100000 bytes" in G.error_json(data, "413")["message"]
     assert len(c.up.requests()) == nrec + 1
+
+
+@case
+def largest_bufsize_passes_haproxy_check(c):
+    cfg = G.fill_config(c.env, config(c.up.port, {"bufsize": 8323072}), "biggest")
+    out = c.env.path("biggest-rendered")
+    os.makedirs(out, exist_ok=True)
+    G.render(c.env, cfg, out, "biggest")
+    c.env.haproxy_check(os.path.join(out, "haproxy.cfg"))
 
 
 if __name__ == "__main__":

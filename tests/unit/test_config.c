@@ -423,9 +423,9 @@ CASE(haproxy_max_body)
 	c = load("haproxy: { max_body: 2000 }\n");
 	CHECK(c && c->haproxy.max_body == 2000 && c->haproxy.bufsize == 16384);
 	config_free(c);
-	c = load("haproxy: { max_body: 8000000, bufsize: 16777216 }\n"
+	c = load("haproxy: { max_body: 8000000, bufsize: 8323072 }\n"
 	         "agent: { max_frame_size: 65536 }\n");
-	CHECK(c && c->haproxy.max_body == 8000000 && c->haproxy.bufsize == 16777216);
+	CHECK(c && c->haproxy.max_body == 8000000 && c->haproxy.bufsize == 8323072);
 	CHECK(c && c->agent.max_frame_size == 65536);
 	config_free(c);
 }
@@ -471,6 +471,8 @@ CASE(haproxy_section)
 	REFUSED("haproxy: { bufsize: 65536, max_body: 60000 }\n", "haproxy.max_body",
 	        "above haproxy.bufsize - 9216 (56320)");
 	REFUSED("haproxy: { max_body: 16777216 }\n", "haproxy.max_body", "between 1024");
+	/* 2.6 to 3.0 crash checking the agent with a buffer of 8 MiB */
+	REFUSED("haproxy: { bufsize: 8388608 }\n", "haproxy.bufsize", "between 16384 and 8323072");
 	REFUSED("haproxy: { failure_status: 200 }\n", "haproxy.failure_status", "between 400 and 599");
 	REFUSED("haproxy: { on_agent_error: local }\n", "haproxy.on_agent_error", "closed, open");
 	REFUSED("haproxy: { nbthread: 65 }\n", "haproxy.nbthread", "between 0 and 64");
