@@ -92,7 +92,7 @@ fuzz:
 
 bench: all
 	BUILD=$(BUILD) tests/bench/run.sh
-	BUILD=$(BUILD) tests/bench/gateway.sh
+	for h in $${HAPROXY_VERSIONS:-haproxy}; do BUILD=$(BUILD) HAPROXY=$$h tests/bench/gateway.sh || exit 1; done
 	BUILD=$(BUILD) tests/bench/governance.sh
 	BUILD=$(BUILD) python3 tests/bench/large_bodies.py
 

@@ -21,10 +21,13 @@
 # pays). Rounds alternate the setups (this machine is shared); medians are
 # reported. CPU per request (µs, from /proc) shows who spends it.
 # Targets: gateway >= 0.6x alone, p99 added <= 1 ms.
-#   DURATION=5 ROUNDS=3 CONNS=50 tests/bench/gateway.sh
+# The floors use the agent backend and buffer tuning the renderer writes for
+# this HAProxy; HAProxy alone has nbthread = cores and http-reuse always.
+#   DURATION=5 ROUNDS=3 CONNS=50 HAPROXY=/path/to/haproxy tests/bench/gateway.sh
 set -eu
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
+HAPROXY=${HAPROXY:-haproxy}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
@@ -59,7 +62,7 @@ start_haproxy() {
 		printf '    timeout client 30s\n    timeout server 30s\n'
 		cat
 	} > "$W/$name.cfg"
-	haproxy -f "$W/$name.cfg" -db >"$W/$name.log" 2>&1 &
+	"$HAPROXY" -f "$W/$name.cfg" -db >"$W/$name.log" 2>&1 &
 	PIDS="$PIDS $!"
 	eval "PID_$name=$!"
 }
@@ -70,12 +73,15 @@ frontend upstream
     bind 127.0.0.1:$UP
     http-request return status 200 content-type application/json string "{\"id\":\"b\",\"object\":\"chat.completion\",\"model\":\"bench-1\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"ok\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1,\"total_tokens\":10}}"
 EOF
-start_haproxy alone <<EOF
+# HAProxy alone, tuned as an operator would: a thread per core, and
+# connections to the upstream reused whatever the request
+start_haproxy alone "nbthread $(nproc)" <<EOF
 frontend alone
     bind 127.0.0.1:$ALONE
     option http-buffer-request
     default_backend up
 backend up
+    http-reuse always
     server u 127.0.0.1:$UP
 EOF
 
@@ -110,7 +116,7 @@ EOF
 	"$BUILD/tollgate" --config "$W/$name/tollgate.yaml" >"$W/$name/agent.log" 2>&1 &
 	PIDS="$PIDS $!"
 	eval "AGENT_$name=$!"
-	haproxy -f "$W/$name/hap/haproxy.cfg" -db >"$W/$name/haproxy.log" 2>&1 &
+	"$HAPROXY" -f "$W/$name/hap/haproxy.cfg" -db >"$W/$name/haproxy.log" 2>&1 &
 	PIDS="$PIDS $!"
 	eval "PID_$name=$!"
 	wait_port "$sp"; wait_port "$gp"
@@ -140,11 +146,13 @@ $( [ "$3" = 2 ] && echo "    groups resp" )
     option var-prefix tg
     option set-on-error err
     option pipelining
+.if !version_atleast(3.1)
     no option async
     no option send-frag-payload
     option dontlog-normal
     timeout hello 2s
     timeout idle 30s
+.endif
     timeout processing 1s
     use-backend agents
 spoe-message tollgate-echo
@@ -157,7 +165,10 @@ spoe-message resp-echo
 spoe-group resp
     messages resp-echo
 EOF
-	start_haproxy "$1" "tune.bufsize 65536" <<EOF
+	# the gateway's own buffer tuning and agent backend, as rendered for
+	# this HAProxy (mode spop on 3.1+): the floor is the gateway's floor
+	tunes=$(sed -n '/^ *tune\.bufsize /,/^\.endif/p' "$W/gateway/hap/haproxy.cfg")
+	start_haproxy "$1" "$tunes" <<EOF
 frontend $1
     bind 127.0.0.1:$2
     option http-buffer-request
@@ -169,11 +180,8 @@ $( [ "$3" = 2 ] && printf '%s\n' "    http-response wait-for-body time 30s" \
     default_backend up
 backend up
     server u 127.0.0.1:$UP
-backend agents
-    mode tcp
-    timeout connect 1s
-    timeout server 30s
-    server agent 127.0.0.1:$SPOP_gateway
+$(sed -n '/^backend tollgate_agents$/,/^$/p' "$W/gateway/hap/haproxy.cfg" |
+	sed 's/^backend tollgate_agents$/backend agents/')
 EOF
 	eval "AGENT_$1=$AGENT_gateway PORT_$1=$2"
 }
@@ -224,6 +232,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	done
 done
 
+printf '\nHAProxy %s (%s)\n' "$("$HAPROXY" -v | awk 'NR == 1 {print $3}')" "$HAPROXY"
 printf '\n%s connections, flat out (medians of %s rounds of %ss)\n\n' "$CONNS" "$ROUNDS" "$DURATION"
 printf '| setup | requests/s | p50 µs | p99 µs | non-2xx | HAProxy CPU µs/req | agent CPU µs/req |\n|---|---|---|---|---|---|---|\n'
 for s in $SETUPS; do
