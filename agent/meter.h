@@ -35,9 +35,10 @@ void meter_parse_request(const char *body, size_t len, struct llm_request *r);
  * code point 1 (CJK text is about one token per character). */
 int64_t meter_estimate_text(const char *s, size_t len);
 
-/* Find the usage of a JSON response body, whole or cut: the body is parsed
- * with cJSON when complete; otherwise the last "usage" object in the bytes
- * (e.g. the tail of a body larger than HAProxy's buffer) is scanned. */
+/* Find the usage of a JSON response body, whole or cut: a whole body is
+ * read with json_scan.c and only its `usage` member (or `response.usage`)
+ * parsed with cJSON; otherwise the last "usage" object in the bytes (e.g.
+ * the tail of a body larger than HAProxy's buffer) is scanned. */
 void meter_parse_usage(const char *body, size_t len, struct llm_usage *u);
 
 /* A copy of the request body with stream_options.include_usage = true, the
