@@ -35,18 +35,16 @@ int64_t meter_estimate_text(const char *s, size_t len)
 /* A JSON number as a token count: -1 if negative or not a number, at most
  * TOKENS_MAX (a double past INT64_MAX has no int64_t value). */
 #define TOKENS_MAX 1000000000000000LL
-static int64_t json_count(const cJSON *v)
-{
-	if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0))
-		return -1;
-	return v->valuedouble >= (double)TOKENS_MAX ? TOKENS_MAX : (int64_t)v->valuedouble;
-}
-
 static int64_t tokens_of(double d)
 {
 	if (!(d >= 0))
 		return -1;
 	return d >= (double)TOKENS_MAX ? TOKENS_MAX : (int64_t)d;
+}
+
+static int64_t json_count(const cJSON *v)
+{
+	return cJSON_IsNumber(v) ? tokens_of(v->valuedouble) : -1;
 }
 
 /* ------------------------------------------------------------ member names */
@@ -141,6 +139,15 @@ static const char *const caps[] = { "max_tokens", "max_completion_tokens",
 struct span {
 	const char *p, *end;    /* a member's value; p NULL when absent */
 };
+
+/* The value of a member that holds a number (validated by the scan). */
+static bool span_number(struct span sp, double *d)
+{
+	if (!sp.p || !(*sp.p == '-' || (*sp.p >= '0' && *sp.p <= '9')))
+		return false;
+	*d = json_number(sp.p, sp.end);
+	return true;
+}
 
 /* What a request body holds, as spans into it (the first of each name). */
 struct req_scan {
@@ -246,10 +253,10 @@ void meter_parse_request(const char *body, size_t len, struct llm_request *r)
 		json_string_copy(s.model.p, s.model.end, r->model, sizeof(r->model));
 	r->stream = s.stream;
 	for (unsigned i = 0; i < N_CAPS && r->max_tokens < 0; i++) {
-		const char *v = s.cap[i].p;
+		double d;
 
-		if (v && (*v == '-' || (*v >= '0' && *v <= '9')))
-			r->max_tokens = tokens_of(json_number(v, s.cap[i].end));
+		if (span_number(s.cap[i], &d))
+			r->max_tokens = tokens_of(d);
 	}
 	r->prompt_tokens = s.prompt ? s.prompt : 1;
 }
@@ -485,14 +492,12 @@ char *meter_rewrite_request(const char *body, size_t len, bool add_include_usage
 		/* every cap the request names: a provider honours one of them, not
 		 * always the one this agent read */
 		for (unsigned i = 0; i < N_CAPS; i++) {
-			const char *v = s.cap[i].p;
+			double d;
 
-			if (!v)
+			if (!s.cap[i].p)
 				continue;
 			any = true;
-			if ((*v == '-' || (*v >= '0' && *v <= '9')) &&
-			    json_number(v, s.cap[i].end) >= 0 &&
-			    json_number(v, s.cap[i].end) <= (double)max_tokens)
+			if (span_number(s.cap[i], &d) && d >= 0 && d <= (double)max_tokens)
 				continue;
 			replace_span(&ed, body, s.cap[i], num, (size_t)nn);
 		}
