@@ -107,6 +107,9 @@ struct tg_haproxy_cfg {
 	                            max_body + CONFIG_HEADER_ROOM */
 	uint32_t max_body;       /* largest request body, default 4 MiB (or bufsize -
 	                            CONFIG_HEADER_ROOM when bufsize is set); larger: 413 */
+	bool sized;              /* max_body or bufsize given: written as is; else
+	                            HAProxy 2.6 without the glibc setting runs with
+	                            CONFIG_MAX_BODY_SMALL (render.c) */
 	uint32_t maxconn;        /* default 4096, >= 1 */
 	int nbthread;            /* 0 (default): HAProxy chooses; else 1..64 */
 	int failure_status;      /* status when no verdict arrives and on_agent_error is

@@ -657,8 +657,9 @@ static void parse_haproxy(struct loader *L, const struct cy_node *m)
 	/* The request is buffered whole and sent in one SPOP frame: the buffer
 	 * holds the body, the headers (CONFIG_HEADER_ROOM) and HAProxy's
 	 * rewrite reserve. Either size follows from the other. */
-	h->max_body = (uint32_t)opt_int(L, m, "max_body", 4194304, 1024,
+	h->max_body = (uint32_t)opt_int(L, m, "max_body", CONFIG_MAX_BODY_DEFAULT, 1024,
 	                                CONFIG_BUFSIZE_MAX - CONFIG_HEADER_ROOM);
+	h->sized = get(m, "max_body") || get(m, "bufsize");
 	if ((n = get(m, "bufsize"))) {
 		h->bufsize = (uint32_t)s_int(L, n, 16384, CONFIG_BUFSIZE_MAX);
 		if (!get(m, "max_body"))

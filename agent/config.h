@@ -46,12 +46,32 @@ void config_free(struct tg_config *cfg);
  * 8 MiB on (measured, haproxy -c; the stack limit is 8 MiB). */
 #define CONFIG_BUFSIZE_MAX (8u * 1024 * 1024 - 64 * 1024)
 
+/* haproxy.max_body by default: 4 MiB, today's largest prompts. */
+#define CONFIG_MAX_BODY_DEFAULT 4194304u
+
+/* The default's ceiling on HAProxy 2.6 started without the glibc setting
+ * of haproxy/README.md: glibc maps blocks of 128 KiB and more afresh at
+ * each use, and with 4 MiB buffers small requests ran 3 to 4 times slower
+ * there (tests/bench/gateway.sh); a buffer of 124 KiB stays in the heap. */
+#define CONFIG_MAX_BODY_SMALL (126976u - CONFIG_HEADER_ROOM)
+
 /* The largest body HAProxy hands over whole (request to the agent, answer
  * to the `response` message): haproxy.max_body, at most the buffer minus
  * CONFIG_HEADER_ROOM. Larger requests get 413. */
 static inline unsigned long config_max_body(const struct tg_config *cfg)
 {
 	return cfg->haproxy.max_body;
+}
+
+/* The smallest ceiling the rendered configuration may run with: the
+ * default can fall back to CONFIG_MAX_BODY_SMALL (render.c). What must fit
+ * HAProxy's buffer on every version is measured against this. */
+static inline unsigned long config_max_body_floor(const struct tg_config *cfg)
+{
+	const struct tg_haproxy_cfg *h = &cfg->haproxy;
+
+	return h->sized || h->max_body < CONFIG_MAX_BODY_SMALL ? h->max_body
+	                                                        : CONFIG_MAX_BODY_SMALL;
 }
 
 /* Lookups by name; NULL when absent. */

@@ -85,7 +85,7 @@ static bool needs_observer(const struct pending *p)
 		return false;
 	if (!p->chat_path || p->lr.max_tokens < 0)
 		return true;
-	return (unsigned long)p->lr.max_tokens * 6 + 4096 >= config_max_body(cfg);
+	return (unsigned long)p->lr.max_tokens * 6 + 4096 >= config_max_body_floor(cfg);
 }
 
 static void set_allow(struct pending *p, const struct admit_verdict *v)

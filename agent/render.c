@@ -42,6 +42,11 @@
 #define FRAGMENT_FILE "tollgate.cfg"
 #define HANDOFF_ADDR  "abns@tollgate-gateway"
 
+/* the sizes, as HAProxy environment variables (render_sizes) */
+#define ENV_MAX_BODY "TOLLGATE_MAX_BODY"
+#define ENV_BUFSIZE  "TOLLGATE_BUFSIZE"
+#define ENV_LIMIT    "TOLLGATE_MAX_BODY_FROM"
+
 /* ------------------------------------------------------------ the Lua file */
 
 #ifndef TG_LUA_FILE
@@ -178,9 +183,8 @@ static bool is_ip_literal(const char *h)
 }
 
 /* A double-quoted configuration string; lf: a log-format string (% doubled). */
-static void put_quoted(FILE *f, const char *s, bool lf)
+static void put_escaped(FILE *f, const char *s, bool lf)
 {
-	fputc('"', f);
 	for (; *s; s++) {
 		if (*s == '"' || *s == '\\' || *s == '$')
 			fputc('\\', f);
@@ -188,6 +192,12 @@ static void put_quoted(FILE *f, const char *s, bool lf)
 			fputc('%', f);
 		fputc(*s, f);
 	}
+}
+
+static void put_quoted(FILE *f, const char *s, bool lf)
+{
+	fputc('"', f);
+	put_escaped(f, s, lf);
 	fputc('"', f);
 }
 
@@ -290,7 +300,7 @@ static int cli_bind_addr(const char *addr, char *out, size_t outlen)
 
 /* ------------------------------------------------------------- spoe.conf */
 
-static void render_spoe(FILE *f, const struct tg_config *cfg, unsigned long max_body)
+static void render_spoe(FILE *f, const struct tg_config *cfg)
 {
 	const struct tg_haproxy_timeouts *t = &cfg->haproxy.timeouts;
 
@@ -326,7 +336,7 @@ static void render_spoe(FILE *f, const struct tg_config *cfg, unsigned long max_
 	        "# the buffer is answered 413 by haproxy.cfg and not sent.\n"
 	        "spoe-message request\n"
 	        "    args method=method path=path query=query hdrs=req.hdrs_bin body=req.body ip=src\n"
-	        "    event on-frontend-http-request unless { req.hdr_val(content-length) gt %lu }\n"
+	        "    event on-frontend-http-request unless { req.hdr_val(content-length) gt \"${" ENV_MAX_BODY "}\" }\n"
 	        "\n"
 	        "# Non-SSE answers of admitted requests, after wait-for-body\n"
 	        "# (http-response send-spoe-group tollgate response).\n"
@@ -336,22 +346,64 @@ static void render_spoe(FILE *f, const struct tg_config *cfg, unsigned long max_
 	        "spoe-group response\n"
 	        "    messages response\n",
 	        cfg->path ? cfg->path : "(memory)",
-	        ms(t->spoe_hello), ms(t->spoe_idle), ms(t->spoe_processing), max_body);
+	        ms(t->spoe_hello), ms(t->spoe_idle), ms(t->spoe_processing));
 }
 
 /* ------------------------------------------------------------ haproxy.cfg */
 
-/* The 413 answer, in OpenAI's error format, naming the limit. */
-static void put_too_large(FILE *f, unsigned long max_body)
+/* The 413 answer, in OpenAI's error format, naming the limit and where it
+ * comes from (the variables render_sizes() sets). */
+static void put_too_large(FILE *f)
 {
-	char msg[320];
+	fputc('"', f);
+	put_escaped(f, "{\"error\":{\"message\":\"Request body too large: this gateway accepts "
+	            "request bodies of at most ", false);
+	fputs("${" ENV_MAX_BODY "} bytes (${" ENV_LIMIT "}).", f);
+	put_escaped(f, "\",\"type\":\"invalid_request_error\",\"param\":null,"
+	            "\"code\":\"request_too_large\"}}", false);
+	fputc('"', f);
+}
 
-	snprintf(msg, sizeof(msg),
-	         "{\"error\":{\"message\":\"Request body too large: this gateway accepts "
-	         "request bodies of at most %lu bytes (haproxy.max_body).\","
-	         "\"type\":\"invalid_request_error\",\"param\":null,"
-	         "\"code\":\"request_too_large\"}}", max_body);
-	put_quoted(f, msg, false);
+/* The body ceiling and the buffer, set once in the global section as
+ * environment variables (`setenv` takes effect as HAProxy reads the line)
+ * and read wherever a size is needed, spoe.conf included. haproxy.max_body
+ * or bufsize given: those. The default: 4 MiB where large buffers are
+ * cheap, CONFIG_MAX_BODY_SMALL on HAProxy 2.6 started without the glibc
+ * setting (config.h, haproxy/README.md). */
+static void put_sizes(FILE *f, unsigned long max_body, unsigned long bufsize, const char *limit)
+{
+	fprintf(f, "    setenv " ENV_MAX_BODY " %lu\n"
+	           "    setenv " ENV_BUFSIZE " %lu\n"
+	           "    setenv " ENV_LIMIT " \"%s\"\n", max_body, bufsize, limit);
+}
+
+static void render_sizes(FILE *f, const struct tg_haproxy_cfg *h)
+{
+	fprintf(f,
+	        "    # request bodies are buffered whole for the agent: the buffer holds\n"
+	        "    # haproxy.max_body and the headers; larger bodies get 413. The sizes\n"
+	        "    # are set here and read below (and in spoe.conf) as ${" ENV_MAX_BODY "}\n");
+	if (h->sized) {
+		put_sizes(f, h->max_body, h->bufsize, "haproxy.max_body");
+	} else {
+		fprintf(f,
+		        "    # The default, 4 MiB, where large buffers are cheap: 2.8+ (hot-size\n"
+		        "    # below) and 2.6 started with the glibc setting of haproxy/README.md.\n"
+		        "    # 2.6 without it maps each large buffer afresh (small requests ran\n"
+		        "    # 3 to 4 times slower): a buffer under 128 KiB there\n"
+		        ".if version_atleast(2.8)\n");
+		put_sizes(f, h->max_body, h->bufsize, "haproxy.max_body");
+		fprintf(f, ".elif streq(\"${GLIBC_TUNABLES}\",\"" GLIBC_TUNABLES_2_6 "\")\n");
+		put_sizes(f, h->max_body, h->bufsize, "haproxy.max_body");
+		fprintf(f, ".else\n");
+		put_sizes(f, CONFIG_MAX_BODY_SMALL, CONFIG_MAX_BODY_SMALL + CONFIG_HEADER_ROOM,
+		          "haproxy.max_body: HAProxy 2.6 takes 4194304 when started with "
+		          "GLIBC_TUNABLES, see haproxy/README.md");
+		fprintf(f, ".endif\n");
+	}
+	fprintf(f,
+	        "    tune.bufsize \"${" ENV_BUFSIZE "}\"\n"
+	        "    tune.maxrewrite 1024\n");
 }
 static const char *JSON_NO_VERDICT =
 	"{\"error\":{\"message\":\"Token governance is unavailable, the request was not admitted\","
@@ -382,18 +434,13 @@ static void render_global(FILE *f, const struct tg_config *cfg, const char *lua_
 		fprintf(f, "    maxconn %u\n", h->maxconn);
 	if (h->nbthread > 0 && !fragment)
 		fprintf(f, "    nbthread %d\n", h->nbthread);
-	fprintf(f,
-	        "    # request bodies are buffered whole for the agent: the buffer holds\n"
-	        "    # haproxy.max_body and the headers; larger bodies get 413\n"
-	        "    tune.bufsize %u\n"
-	        "    tune.maxrewrite 1024\n",
-	        h->bufsize);
+	render_sizes(f, h);
 	if (h->bufsize > 65536)
 		fprintf(f,
 		        "    # buffers this large must stay in each thread's cache: past the\n"
 		        "    # default 512 KiB, every stream would map and unmap fresh ones\n"
 		        "    # (measured: small requests 3 to 5 times slower). 2.6 has no such\n"
-		        "    # setting: see haproxy/README.md (GLIBC_TUNABLES)\n"
+		        "    # setting: GLIBC_TUNABLES, above and in haproxy/README.md\n"
 		        ".if version_atleast(2.8)\n"
 		        "    tune.memory.hot-size %llu\n"
 		        ".endif\n",
@@ -475,7 +522,7 @@ static void render_returns(FILE *f, const struct statuses *st)
 }
 
 static void render_frontend(FILE *f, const struct tg_config *cfg, const char *spoe_path,
-                            const struct statuses *st, unsigned long max_body, bool settle,
+                            const struct statuses *st, bool settle,
                             bool fragment)
 {
 	const struct tg_haproxy_cfg *h = &cfg->haproxy;
@@ -522,11 +569,11 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 	        "    # 1. bodies above haproxy.max_body (the buffer would cut them): 413\n"
 	        "    http-request return status 413 content-type application/json string ",
 	        spoe_path);
-	put_too_large(f, max_body);
-	fprintf(f, " if { req.hdr_val(content-length) gt %lu }\n", max_body);
+	put_too_large(f);
+	fprintf(f, " if { req.hdr_val(content-length) gt \"${" ENV_MAX_BODY "}\" }\n");
 	fprintf(f, "    http-request return status 413 content-type application/json string ");
-	put_too_large(f, max_body);
-	fprintf(f, " if !{ req.hdr(content-length) -m found } { req.body_len ge %lu }\n", max_body);
+	put_too_large(f);
+	fprintf(f, " if !{ req.hdr(content-length) -m found } { req.body_len ge \"${" ENV_MAX_BODY "}\" }\n");
 
 	fprintf(f, "\n    # 2. no verdict (agent down, late, frame error): the failure policy\n");
 	if (h->on_agent_error == TG_FAIL_OPEN) {
@@ -594,7 +641,7 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 	        "    http-response wait-for-body time %lums if tg_metered !tg_sse\n"
 	        "    http-response set-var(txn.tollgate_blen) res.body_len if tg_metered !tg_sse\n"
 	        "    acl tg_cut res.body_size,sub(txn.tollgate_blen) gt 0\n"
-	        "    acl tg_full var(txn.tollgate_blen) -m int ge %lu\n"
+	        "    acl tg_full var(txn.tollgate_blen) -m int ge \"${" ENV_MAX_BODY "}\"\n"
 	        "    http-response send-spoe-group tollgate response if tg_metered !tg_sse !tg_cut !tg_full\n"
 	        "    # settled there (the store said so): the record would change nothing\n"
 	        "    http-response set-log-level silent if { var(txn.tg.settled) -m int 1 }\n"
@@ -607,14 +654,14 @@ static void render_frontend(FILE *f, const struct tg_config *cfg, const char *sp
 	        "    http-response set-var(txn.tg.u_in) res.body,json_query('$.usage.input_tokens','int') if tg_metered !tg_sse !tg_cut !tg_full !tg_settled !tg_u_in\n"
 	        "    http-response set-var(txn.tg.u_out) res.body,json_query('$.usage.completion_tokens','int') if tg_metered !tg_sse !tg_cut !tg_full !tg_settled\n"
 	        "    http-response set-var(txn.tg.u_out) res.body,json_query('$.usage.output_tokens','int') if tg_metered !tg_sse !tg_cut !tg_full !tg_settled !tg_u_out\n",
-	        ms(h->timeouts.server), max_body);
+	        ms(h->timeouts.server));
 	if (h->on_agent_error == TG_FAIL_OPEN && cfg->n_providers)
 		fprintf(f, "    default_backend prov_%s_obs\n", cfg->providers[0].name);   /* http-no-delay for streams */
 	fputc('\n', f);
 }
 
 static int render_backends(FILE *f, const struct tg_config *cfg, const char *agent_addr,
-                           unsigned long max_body, char *err, size_t errlen)
+                           char *err, size_t errlen)
 {
 	const struct tg_haproxy_cfg *h = &cfg->haproxy;
 	bool need_dns = false;
@@ -651,8 +698,8 @@ static int render_backends(FILE *f, const struct tg_config *cfg, const char *age
 		        obs ? ", observed by the Lua filter" : "");
 		fprintf(f, "backend prov_%s%s\n", p->name, obs ? "_obs" : "");
 		if (obs)
-			fprintf(f, "    filter lua.tollgate %lu\n"
-			           "    option http-no-delay\n", max_body);
+			fprintf(f, "    filter lua.tollgate \"${" ENV_MAX_BODY "}\"\n"
+			           "    option http-no-delay\n");
 		if (p->timeout > 0)
 			fprintf(f, "    timeout server %lums\n", ms(p->timeout));
 		if (p->type == TG_PROV_MOCK) {
@@ -829,7 +876,6 @@ int render_haproxy(const struct tg_config *cfg, const char *outdir, bool fragmen
 	size_t cfglen = 0, spoelen = 0, lualen;
 	const char *lua = render_lua_source(&lualen);
 	struct statuses st = { .n = 0 };
-	unsigned long max_body;
 	const char *agent_src;
 	bool settle = false;
 	FILE *f;
@@ -861,9 +907,6 @@ int render_haproxy(const struct tg_config *cfg, const char *outdir, bool fragmen
 		settle = true;
 	}
 
-	/* bodies: the request (headers included) must fit in bufsize - maxrewrite */
-	max_body = config_max_body(cfg);
-
 	for (size_t i = 0; i < sizeof(base_statuses) / sizeof(*base_statuses); i++)
 		status_add(&st, base_statuses[i], base_statuses[i] == 429);
 	for (size_t i = 0; i < cfg->n_routes; i++)
@@ -888,7 +931,7 @@ int render_haproxy(const struct tg_config *cfg, const char *outdir, bool fragmen
 	f = open_memstream(&spoetxt, &spoelen);
 	if (!f)
 		goto oom;
-	render_spoe(f, cfg, max_body);
+	render_spoe(f, cfg);
 	if (fclose(f) != 0)
 		goto oom;
 
@@ -898,14 +941,14 @@ int render_haproxy(const struct tg_config *cfg, const char *outdir, bool fragmen
 	render_global(f, cfg, lua_path, settle ? settle_bind : NULL, fragment);
 	if (settle)
 		render_ring(f);
-	render_frontend(f, cfg, spoe_path, &st, max_body, settle, fragment);
+	render_frontend(f, cfg, spoe_path, &st, settle, fragment);
 	if (fragment)
 		fprintf(f,
 		        "# The one line a frontend of yours needs for its LLM paths:\n"
 		        "#     use_backend tollgate_llm if { path_beg /v1/ }\n"
 		        "backend tollgate_llm\n"
 		        "    server gateway " HANDOFF_ADDR " send-proxy-v2\n\n");
-	if (render_backends(f, cfg, agent_addr, max_body, err, errlen) != 0) {
+	if (render_backends(f, cfg, agent_addr, err, errlen) != 0) {
 		fclose(f);
 		goto out;
 	}

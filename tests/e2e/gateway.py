@@ -252,7 +252,8 @@ def render(env, cfg, out_dir, name=""):
     return cfg_path
 
 
-def start_gateway(env, cfg, zero_warning=True, timeout=15.0, name="", master_worker=False):
+def start_gateway(env, cfg, zero_warning=True, timeout=15.0, name="", master_worker=False,
+                  haproxy_env=None):
     """Render, check, start the agent and HAProxy; returns a Gateway. With
     NAME, its files and processes are NAME-*; with master_worker, HAProxy
     runs with -W (H.haproxy_reload works). HAProxy must start without a
@@ -271,7 +272,7 @@ def start_gateway(env, cfg, zero_warning=True, timeout=15.0, name="", master_wor
                          timeout=timeout)
     gw.haproxy = env.start(pre + "haproxy", [H.HAPROXY, "-f", hcfg, "-db"] +
                            (["-W"] if master_worker else []), cwd=out_dir,
-                           wait_tcp=gw.port, timeout=timeout)
+                           env=haproxy_env, wait_tcp=gw.port, timeout=timeout)
     gw.haproxy.master_worker = master_worker
     if cfg["agent"].get("settle"):
         # the agent reads the worker's settlement ring before any traffic: a
@@ -284,11 +285,20 @@ def start_gateway(env, cfg, zero_warning=True, timeout=15.0, name="", master_wor
     return gw
 
 
-def rendered_bufsize(gw):
-    """tune.bufsize of the rendered configuration (HAProxy's default 16384)."""
-    text = open(os.path.join(gw.out_dir, "haproxy.cfg")).read()
-    m = re.search(r"^\s*tune\.bufsize\s+(\d+)", text, re.M)
-    return int(m.group(1)) if m else 16384
+def haproxy_sizes(gw):
+    """(max_body, bufsize) the gateway's HAProxy runs with: the rendered file
+    sets them in its environment per version and glibc setting
+    (TOLLGATE_MAX_BODY, TOLLGATE_BUFSIZE), asked on its stats socket."""
+    with socket.create_connection(("127.0.0.1", gw.settle_port), 5) as s:
+        s.sendall(b"show env\n")
+        out = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+    env = dict(l.split("=", 1) for l in out.decode().split("\n") if "=" in l)
+    return int(env["TOLLGATE_MAX_BODY"]), int(env["TOLLGATE_BUFSIZE"])
 
 
 # --------------------------------------------------------------------------

@@ -61,6 +61,7 @@ import http.client
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -75,6 +76,29 @@ HAPROXY = os.environ.get("HAPROXY", "haproxy")
 REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
 MOCK_UPSTREAM = os.path.join(REPO, "tests", "e2e", "mock_upstream.py")
 VERBOSE = os.environ.get("HARNESS_VERBOSE") == "1"
+
+
+def haproxy_version():
+    """HAPROXY's version as a tuple of ints, e.g. (2, 6, 12)."""
+    global _HAPROXY_VERSION
+    if _HAPROXY_VERSION is None:
+        out = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout
+        m = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", out)
+        _HAPROXY_VERSION = tuple(int(x or 0) for x in m.groups()) if m else (0, 0, 0)
+    return _HAPROXY_VERSION
+
+
+_HAPROXY_VERSION = None
+
+# HAProxy runs here as haproxy/README.md tells an operator to start it: 2.6
+# with the glibc setting that keeps 4 MiB buffers cheap (agent/render.h
+# GLIBC_TUNABLES_2_6; without it the rendered default ceiling falls to
+# 117760 bytes, which a test shows with GLIBC_TUNABLES=""). Every process
+# started here inherits it; 2.8+ runs with the environment as it is.
+GLIBC_TUNABLES_2_6 = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=33554432:"
+                      "glibc.malloc.trim_threshold=1073741824")
+if "GLIBC_TUNABLES" not in os.environ and haproxy_version()[:2] == (2, 6):
+    os.environ["GLIBC_TUNABLES"] = GLIBC_TUNABLES_2_6
 
 
 def build_dir():

@@ -7,9 +7,12 @@ ceil(request bytes / 4), completion = min(10, max_tokens)); curl is the
 client. Bodies are built to an exact byte size.
 
 What it proves:
-  - the default ceiling is 4 MiB (haproxy.max_body), and the rendered
-    tune.bufsize holds a body that size with its headers (and 2.8+ keeps
-    such buffers in its thread caches: tune.memory.hot-size);
+  - the default ceiling is 4 MiB (haproxy.max_body), and HAProxy runs with
+    a tune.bufsize that holds a body that size with its headers (and 2.8+
+    keeps such buffers in its thread caches: tune.memory.hot-size);
+  - HAProxy 2.6 started without the glibc setting of haproxy/README.md
+    runs the default at 117760 bytes, and its 413 says why; 2.8+ keeps
+    4 MiB without it;
   - prompts of 60 KB, 200 KB, 1 MiB and just under 4 MiB, with the model
     first and with it last (the OpenAI SDKs write `messages` first), are
     answered 200, reach the upstream byte for byte, and are metered and
@@ -161,8 +164,9 @@ def check_one_passed(c, before, body, data, status):
 @case
 def default_ceiling_is_4mib(c):
     text = open(os.path.join(c.gw.out_dir, "haproxy.cfg")).read()
-    assert G.rendered_bufsize(c.gw) == MAX_BODY + 1024 + 8192, G.rendered_bufsize(c.gw)
-    assert "if { req.hdr_val(content-length) gt %d }" % MAX_BODY in text
+    assert G.haproxy_sizes(c.gw) == (MAX_BODY, MAX_BODY + 1024 + 8192), G.haproxy_sizes(c.gw)
+    assert '    setenv TOLLGATE_MAX_BODY %d\n' % MAX_BODY in text
+    assert 'if { req.hdr_val(content-length) gt "${TOLLGATE_MAX_BODY}" }' in text
     # 2.8+: eight such buffers a thread stay cached (haproxy/README.md)
     assert ".if version_atleast(2.8)\n    tune.memory.hot-size %d\n.endif" % (
         8 * (MAX_BODY + 9216)) in text
@@ -273,6 +277,33 @@ def max_body_setting_moves_the_ceiling(c):
                     {"x-api-key": KEY})
     assert st == 413, (st, data[:300])
     assert "100000 bytes" in G.error_json(data, "413")["message"]
+    assert len(c.up.requests()) == nrec + 1
+
+
+@case
+def default_without_glibc_setting(c):
+    """haproxy/README.md: 2.6 needs GLIBC_TUNABLES for cheap 4 MiB buffers;
+    without it the rendered default keeps a buffer under 128 KiB there."""
+    small = 126976 - 9216
+    gw = G.start_gateway(c.env, config(c.up.port), name="noglibc",
+                         haproxy_env={"GLIBC_TUNABLES": ""})
+    gw.set_quota("large-user", QUOTA0)
+    if H.haproxy_version()[:2] != (2, 6):
+        assert G.haproxy_sizes(gw) == (MAX_BODY, MAX_BODY + 9216), G.haproxy_sizes(gw)
+        st, data = curl(c, gw.port, body_of_size(MIB, "big-noglibc", max_tokens=1),
+                        {"x-api-key": KEY})
+        assert st == 200, (st, data[:300])
+        return
+    assert G.haproxy_sizes(gw) == (small, 126976), G.haproxy_sizes(gw)
+    nrec = len(c.up.requests())
+    st, data = curl(c, gw.port, body_of_size(small, "big-noglibc", max_tokens=1),
+                    {"x-api-key": KEY})
+    assert st == 200, (st, data[:300])
+    st, data = curl(c, gw.port, body_of_size(small + 1, "big-noglibc", max_tokens=1),
+                    {"x-api-key": KEY})
+    assert st == 413, (st, data[:300])
+    msg = G.error_json(data, "413")["message"]
+    assert "%d bytes" % small in msg and "GLIBC_TUNABLES" in msg, msg
     assert len(c.up.requests()) == nrec + 1
 
 

@@ -191,7 +191,7 @@ def json_chat_exact(c):
 
 @case
 def large_json_answer_exact(c):
-    bufsize = G.rendered_bufsize(c.gw)
+    bufsize = G.haproxy_sizes(c.gw)[1]
     pad = max(40000, 2 * bufsize)
     b = Before(c, "m-large")
     st, h, data = c.gw.post(CHAT, chat("m-large"), {"x-api-key": KEY_A,

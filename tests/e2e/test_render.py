@@ -230,9 +230,12 @@ def backends_statuses_and_credentials():
         assert "Authorization \"Bearer %[var(txn.tg.pkey)]\"" in cfg
         assert "set-header x-mse-consumer \"%[var(txn.tg.consumer)]\"" in cfg
         # sizes follow bufsize: 131072 - 1024 - 8192
-        assert "tune.bufsize 131072" in cfg
-        assert "gt 121856 }" in cfg and "gt 121856 }" in spoe
-        assert "acl tg_full var(txn.tollgate_blen) -m int ge 121856" in cfg
+        assert "setenv TOLLGATE_BUFSIZE 131072\n" in cfg and ".elif" not in cfg
+        assert "setenv TOLLGATE_MAX_BODY 121856\n" in cfg
+        assert 'tune.bufsize "${TOLLGATE_BUFSIZE}"' in cfg
+        lim = 'gt "${TOLLGATE_MAX_BODY}" }'
+        assert lim in cfg and lim in spoe
+        assert 'acl tg_full var(txn.tollgate_blen) -m int ge "${TOLLGATE_MAX_BODY}"' in cfg
         # secrets never rendered
         for secret in ("k1", "k2", "ka"):
             assert not re.search(r"\b%s\b" % secret, cfg + spoe), secret

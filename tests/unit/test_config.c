@@ -125,6 +125,8 @@ CASE(defaults_of_an_empty_file)
 	/* 4 MiB bodies, and the buffer that holds one with its headers */
 	CHECK(c->haproxy.max_body == 4194304);
 	CHECK(c->haproxy.bufsize == 4194304 + 1024 + 8192);
+	/* the default: 2.6 without the glibc setting runs it smaller */
+	CHECK(!c->haproxy.sized && config_max_body_floor(c) == 126976 - 9216);
 	CHECK(c->haproxy.maxconn == 4096);
 	CHECK(c->haproxy.nbthread == 0);
 	CHECK(c->haproxy.failure_status == 503);
@@ -419,6 +421,7 @@ CASE(haproxy_max_body)
 
 	CHECK(c && c->haproxy.max_body == 1048576 && c->haproxy.bufsize == 1048576 + 9216);
 	CHECK(c && c->agent.max_frame_size == 1048576 + 9216);
+	CHECK(c && c->haproxy.sized && config_max_body_floor(c) == 1048576);   /* as given */
 	config_free(c);
 	c = load("haproxy: { max_body: 2000 }\n");
 	CHECK(c && c->haproxy.max_body == 2000 && c->haproxy.bufsize == 16384);
@@ -427,6 +430,9 @@ CASE(haproxy_max_body)
 	         "agent: { max_frame_size: 65536 }\n");
 	CHECK(c && c->haproxy.max_body == 8000000 && c->haproxy.bufsize == 8323072);
 	CHECK(c && c->agent.max_frame_size == 65536);
+	config_free(c);
+	c = load("haproxy: { bufsize: 65536 }\n");
+	CHECK(c && c->haproxy.sized && config_max_body_floor(c) == 65536 - 9216);
 	config_free(c);
 }
 
