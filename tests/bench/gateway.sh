@@ -33,6 +33,13 @@ HAPROXY=${HAPROXY:-haproxy}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
+# every HAProxy here runs with the glibc setting haproxy/README.md advises
+# for its version (unless GLIBC_TUNABLES is given): the 4 MiB buffers cheap
+case "$("$HAPROXY" -v | awk 'NR == 1 {print $3}')" in
+2.6*) : "${GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824}" ;;
+*)    : "${GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864}" ;;
+esac
+export GLIBC_TUNABLES
 W=$(mktemp -d /tmp/tg-bench-gw-XXXXXX)
 PIDS=""
 cleanup() {
@@ -177,7 +184,9 @@ spoe-group resp
 EOF
 	# the gateway's own buffer tuning and agent backend, as rendered for
 	# this HAProxy (mode spop on 3.1+): the floor is the gateway's floor
-	tunes=$(sed -n '/^ *tune\.bufsize /,/^\.endif/p' "$W/gateway/hap/haproxy.cfg")
+	# (from the sizes' setenv block up to the Lua lines)
+	tunes=$(awk '/request bodies are buffered whole/ {p = 1} /lua-load/ {p = 0} p' \
+		"$W/gateway/hap/haproxy.cfg")
 	start_haproxy "$1" "$tunes" <<EOF
 frontend $1
     bind 127.0.0.1:$2
@@ -245,7 +254,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	done
 done
 
-printf '\nHAProxy %s (%s)\n' "$("$HAPROXY" -v | awk 'NR == 1 {print $3}')" "$HAPROXY"
+printf '\nHAProxy %s (%s), GLIBC_TUNABLES=%s\n' "$("$HAPROXY" -v | awk 'NR == 1 {print $3}')" "$HAPROXY" "$GLIBC_TUNABLES"
 printf '\n%s connections, flat out (medians of %s rounds of %ss)\n\n' "$CONNS" "$ROUNDS" "$DURATION"
 printf '| setup | requests/s | p50 µs | p99 µs | non-2xx | HAProxy CPU µs/req | agent CPU µs/req |\n|---|---|---|---|---|---|---|\n'
 for s in $SETUPS; do
