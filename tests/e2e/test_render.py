@@ -236,6 +236,10 @@ def backends_statuses_and_credentials():
         lim = 'gt "${TOLLGATE_MAX_BODY}" }'
         assert lim in cfg and lim in spoe
         assert 'acl tg_full var(txn.tollgate_blen) -m int ge "${TOLLGATE_MAX_BODY}"' in cfg
+        # answers are rewritten only after wait-for-body: 3.4 defragments a
+        # rewritten message there, copying the whole (4 MiB) buffer
+        assert (cfg.index("http-response wait-for-body")
+                < cfg.index("http-response set-header x-ratelimit-limit-tokens"))
         # secrets never rendered
         for secret in ("k1", "k2", "ka"):
             assert not re.search(r"\b%s\b" % secret, cfg + spoe), secret
