@@ -201,11 +201,6 @@ def one_version(haproxy):
         lua = env.write("small.lua", "wrk.method = 'POST'\nwrk.body = %s\n"
                         "wrk.headers['content-type'] = 'application/json'\n"
                         "wrk.headers['x-api-key'] = '%s'\n" % (json.dumps(small), KEY))
-        if os.environ.get("ONLY_P99"):
-            wrk_p99(gw.port, lua, 2)
-            res["p99_alone"], res["reqs"] = wrk_p99(gw.port, lua, DURATION)
-            return res
-
         # 1. memory, before anything large has passed
         res["rss_idle"] = (rss_kib(hp), rss_kib(ag))
         s = Sampler([hp, ag])
