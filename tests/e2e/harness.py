@@ -82,7 +82,10 @@ def haproxy_version():
     """HAPROXY's version as a tuple of ints, e.g. (2, 6, 12)."""
     global _HAPROXY_VERSION
     if _HAPROXY_VERSION is None:
-        out = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout
+        try:
+            out = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout
+        except OSError:                 # no HAProxy here: the suites that need one skip
+            out = ""
         m = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", out)
         _HAPROXY_VERSION = tuple(int(x or 0) for x in m.groups()) if m else (0, 0, 0)
     return _HAPROXY_VERSION
