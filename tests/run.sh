@@ -74,6 +74,10 @@ judge() {
 		[ "$f" -eq 0 ] && f=1
 	fi
 	if [ "$f" -ne 0 ] || [ "$rc" -ne 0 ]; then
+		# why, first: each traceback's last line and the cases' NOTE lines,
+		# which the processes' logs below would push out of sight
+		echo "   --- errors and notes of $label ---"
+		grep -E '^([A-Za-z_.]*(Error|Exception)|NOTE:)' "$out" | tail -n 12 | sed 's/^/   | /'
 		echo "   --- output of $label (last 40 lines) ---"; tail -n 40 "$out" | sed 's/^/   | /'
 	fi
 	pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
