@@ -68,10 +68,7 @@ static inline unsigned long config_max_body(const struct tg_config *cfg)
  * HAProxy's buffer on every version is measured against this. */
 static inline unsigned long config_max_body_floor(const struct tg_config *cfg)
 {
-	const struct tg_haproxy_cfg *h = &cfg->haproxy;
-
-	return h->sized || h->max_body < CONFIG_MAX_BODY_SMALL ? h->max_body
-	                                                        : CONFIG_MAX_BODY_SMALL;
+	return cfg->haproxy.sized ? cfg->haproxy.max_body : CONFIG_MAX_BODY_SMALL;
 }
 
 /* Lookups by name; NULL when absent. */

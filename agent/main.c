@@ -3,6 +3,7 @@
  *   tollgate --config F              run the agent
  *   tollgate check --config F        validate F; exit 1 naming the bad path
  *   tollgate haproxy-config --config F --out DIR   render what HAProxy loads
+ *   tollgate glibc-tunables VERSION  the GLIBC_TUNABLES to start that HAProxy with
  *   tollgate --version
  *
  * Owns: argument parsing, signals (SIGTERM/SIGINT drain, SIGHUP reload),
@@ -43,6 +44,8 @@ static void usage(FILE *f)
 	        "                                         render DIR/haproxy.cfg, spoe.conf, tollgate.lua\n"
 	        "                                         (--fragment: DIR/tollgate.cfg, to load after\n"
 	        "                                         an existing haproxy.cfg with one more -f)\n"
+	        "       tollgate glibc-tunables VERSION   the GLIBC_TUNABLES value haproxy/README.md\n"
+	        "                                         advises for that HAProxy (`haproxy -v`'s)\n"
 	        "       tollgate --version\n");
 }
 
@@ -295,6 +298,14 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && argv[1][0] != '-')
 		cmd = argv[i++];
+	if (strcmp(cmd, "glibc-tunables") == 0) {
+		if (argc != 3) {
+			usage(stderr);
+			return 2;
+		}
+		printf("%s\n", render_glibc_tunables(argv[2]));
+		return 0;
+	}
 	for (; i < argc; i++) {
 		if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-v") == 0) {
 			printf("tollgate %s\n", TOLLGATE_VERSION);

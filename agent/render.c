@@ -65,6 +65,12 @@ __asm__(".pushsection .rodata\n"
 extern const char tg_render_lua_start[];
 extern const char tg_render_lua_end[];
 
+const char *render_glibc_tunables(const char *version)
+{
+	return strncmp(version, "2.6.", 4) == 0 || strcmp(version, "2.6") == 0
+	       ? GLIBC_TUNABLES_2_6 : GLIBC_TUNABLES_2_8;
+}
+
 const char *render_lua_source(size_t *len)
 {
 	if (len)
@@ -391,9 +397,7 @@ static void render_sizes(FILE *f, const struct tg_haproxy_cfg *h)
 		        "    # below) and 2.6 started with the glibc setting of haproxy/README.md.\n"
 		        "    # 2.6 without it maps each large buffer afresh (small requests ran\n"
 		        "    # 3 to 4 times slower): a buffer under 128 KiB there\n"
-		        ".if version_atleast(2.8)\n");
-		put_sizes(f, h->max_body, h->bufsize, "haproxy.max_body");
-		fprintf(f, ".elif streq(\"${GLIBC_TUNABLES}\",\"" GLIBC_TUNABLES_2_6 "\")\n");
+		        ".if version_atleast(2.8) || streq(\"${GLIBC_TUNABLES}\",\"" GLIBC_TUNABLES_2_6 "\")\n");
 		put_sizes(f, h->max_body, h->bufsize, "haproxy.max_body");
 		fprintf(f, ".else\n");
 		put_sizes(f, CONFIG_MAX_BODY_SMALL, CONFIG_MAX_BODY_SMALL + CONFIG_HEADER_ROOM,

@@ -21,6 +21,16 @@
  * value; 2.6 without it runs the default ceiling at CONFIG_MAX_BODY_SMALL. */
 #define GLIBC_TUNABLES_2_6 "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=33554432:" \
                            "glibc.malloc.trim_threshold=1073741824"
+/* 2.8+: tune.memory.hot-size keeps the buffers; the thresholds keep glibc
+ * from mapping and trimming the rest (optional there). */
+#define GLIBC_TUNABLES_2_8 "glibc.malloc.mmap_threshold=33554432:" \
+                           "glibc.malloc.trim_threshold=67108864"
+
+/* The GLIBC_TUNABLES value haproxy/README.md advises for an HAProxy whose
+ * `haproxy -v` version is `version` ("2.6.12-1+deb12u4", "3.2.0-..."):
+ * `tollgate glibc-tunables VERSION` prints it for the scripts that start
+ * HAProxy, so that the value is written here only. */
+const char *render_glibc_tunables(const char *version);
 
 /* Write outdir/haproxy.cfg, outdir/spoe.conf and outdir/tollgate.lua (the Lua
  * filter, embedded in the binary at build time). outdir is created if

@@ -22,10 +22,7 @@ AGENT=$!
 # 4 MiB request buffers: glibc must keep them in its heap (haproxy/README.md;
 # on 2.6 the rendered file checks for this exact value, else it takes bodies
 # up to 117760 bytes; 2.8+ also caches them itself, tune.memory.hot-size)
-case "$(haproxy -v | awk 'NR == 1 {print $3}')" in
-2.6*) TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 ;;
-*)    TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864 ;;
-esac
+TUNABLES=$("$BUILD/tollgate" glibc-tunables "$(haproxy -v | awk 'NR == 1 {print $3}')")
 GLIBC_TUNABLES=$TUNABLES haproxy -f "$OUT/haproxy.cfg" -db &
 HAP=$!
 trap 'kill $HAP $AGENT 2>/dev/null; wait 2>/dev/null' EXIT INT TERM

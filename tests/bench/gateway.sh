@@ -35,10 +35,7 @@ ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-50}
 # every HAProxy here runs with the glibc setting haproxy/README.md advises
 # for its version (unless GLIBC_TUNABLES is given): the 4 MiB buffers cheap
-case "$("$HAPROXY" -v | awk 'NR == 1 {print $3}')" in
-2.6*) : "${GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824}" ;;
-*)    : "${GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864}" ;;
-esac
+: "${GLIBC_TUNABLES=$("$BUILD/tollgate" glibc-tunables "$("$HAPROXY" -v | awk 'NR == 1 {print $3}')")}"
 export GLIBC_TUNABLES
 W=$(mktemp -d /tmp/tg-bench-gw-XXXXXX)
 PIDS=""

@@ -94,14 +94,19 @@ def haproxy_version():
 _HAPROXY_VERSION = None
 
 # HAProxy runs here as haproxy/README.md tells an operator to start it: 2.6
-# with the glibc setting that keeps 4 MiB buffers cheap (agent/render.h
-# GLIBC_TUNABLES_2_6; without it the rendered default ceiling falls to
-# 117760 bytes, which a test shows with GLIBC_TUNABLES=""). Every process
-# started here inherits it; 2.8+ runs with the environment as it is.
-GLIBC_TUNABLES_2_6 = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=33554432:"
-                      "glibc.malloc.trim_threshold=1073741824")
-if "GLIBC_TUNABLES" not in os.environ and haproxy_version()[:2] == (2, 6):
-    os.environ["GLIBC_TUNABLES"] = GLIBC_TUNABLES_2_6
+# with the glibc setting that keeps 4 MiB buffers cheap (`tollgate
+# glibc-tunables`, agent/render.h; without it the rendered default ceiling
+# falls to 117760 bytes, which a test shows with GLIBC_TUNABLES=""). Every
+# process started here inherits it; 2.8+ runs with the environment as it is.
+def _advise_glibc():
+    if "GLIBC_TUNABLES" in os.environ or haproxy_version()[:2] != (2, 6):
+        return
+    try:
+        out = subprocess.run([agent_binary(), "glibc-tunables", "%d.%d.%d" % haproxy_version()],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return                          # not built yet: nothing here starts HAProxy
+    os.environ["GLIBC_TUNABLES"] = out
 
 
 def build_dir():

@@ -22,7 +22,8 @@ What it proves:
     from other containers; docker/README.md's command and ports are these;
   - the HAProxy hand-over: the haproxy service loads haproxy.cfg from a
     volume the agent mounts at the same path (read-only for haproxy), and
-    the agent's entrypoint renders into that path;
+    the agent's entrypoint renders into that path; HAProxy starts with the
+    GLIBC_TUNABLES `tollgate glibc-tunables` advises for its image's version;
   - Dockerfile: both stages are debian:bookworm-slim; every COPY source
     exists and survives docker/Dockerfile.dockerignore; COPY --from names a
     stage; the build stage installs the -dev package of every library the
@@ -934,6 +935,21 @@ def compose_haproxy_loads_what_the_agent_renders():
         m = re.search(r"^\s+state_dir:\s*\"?([^\"\s#]+)", f.read(), re.M)
     assert m and m.group(1) in av and not is_bind(av[m.group(1)][0]), \
         "agent.state_dir %r must be a named volume (quota balances survive)" % (m and m.group(1))
+
+
+@case
+def compose_haproxy_runs_with_the_advised_glibc_setting():
+    """haproxy/README.md: the 4 MiB default needs this value on 2.6 (the
+    rendered file compares it byte for byte); the compose file writes it
+    out, `tollgate glibc-tunables` is where it is kept."""
+    hap = service("haproxy")
+    version = hap["image"].split(":", 1)[1]
+    r = run([binary(), "glibc-tunables", version + ".0"])
+    assert r.returncode == 0, r.stderr
+    got = (env_of(hap) or {}).get("GLIBC_TUNABLES")
+    assert got == r.stdout.strip(), \
+        "haproxy's GLIBC_TUNABLES %r; tollgate glibc-tunables %s says %r" % (
+            got, version, r.stdout.strip())
 
 
 @case
