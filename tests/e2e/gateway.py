@@ -37,7 +37,8 @@ Gateway (returned)
 Helpers: sse_stream(port, path, body, headers, ...) reads an SSE answer over a
 raw socket with the arrival time of every byte block; replay_upstream()
 asks the mock upstream directly for the same answer; error_json() checks the
-OpenAI error shape.
+OpenAI error shape. config(), provider(), quota() and ratelimit() build the
+suites' configurations.
 """
 import json
 import os
@@ -214,6 +215,58 @@ class Gateway:
         return H.wait_for(ok, timeout, 0.1, "HAProxy getting verdicts from the agent again")
 
 
+# ---------------------------------------------------------- configuration
+# The one builder of the suites' configurations: each suite says which
+# providers, consumers and routes its cases need, the shape is written here.
+
+def provider(name, up_port, keys=("pk-test",), ptype="openai-compatible", path="/v1", **extra):
+    """A provider at a mock upstream on up_port (base_url http://127.0.0.1:PORT
+    + path). extra: model_mapping, api_version, deployment, ..."""
+    p = {"name": name, "type": ptype, "base_url": "http://127.0.0.1:%d%s" % (up_port, path),
+         "api_keys": list(keys)}
+    p.update(extra)
+    return p
+
+
+def quota(prefix, admin, service=True, **redis):
+    """An ai-quota block; with service, its redis names the `local-redis`
+    service config() declares (the walkthrough's block), with redis's extra
+    members (timeout)."""
+    q = {"redis_key_prefix": prefix, "admin_consumer": admin, "admin_path": "/quota"}
+    if service:
+        q["redis"] = dict({"service_name": "local-redis.static", "service_port": 80}, **redis)
+    return q
+
+
+def ratelimit(rule_name="default_rule", header="x-api-key", **limits):
+    """An ai-token-ratelimit block: one limit_by_per_header item, key "*"."""
+    return {"rule_name": rule_name,
+            "rule_items": [{"limit_by_per_header": header,
+                            "limit_keys": [dict({"key": "*"}, **limits)]}],
+            "redis": {"service_name": "local-redis.static", "service_port": 80}}
+
+
+def config(providers, consumers, routes, redis=None, store=None, haproxy=None,
+           key_headers=("x-api-key",)):
+    """A whole configuration. providers: a dict or a list of them;
+    consumers: {name: key}; key_auth on key_headers. The `local-redis`
+    service the plugin blocks name is `redis` (a harness Proc) or the
+    embedded store."""
+    addr = "127.0.0.1:%d" % redis.port if redis is not None else "embedded"
+    cfg = {
+        "services": [{"name": "local-redis", "type": "static", "address": addr}],
+        "providers": [providers] if isinstance(providers, dict) else list(providers),
+        "consumers": [{"name": n, "credential": k} for n, k in consumers.items()],
+        "key_auth": {"keys": list(key_headers), "in_header": True},
+        "routes": routes,
+    }
+    if haproxy is not None:
+        cfg["haproxy"] = haproxy
+    if store is not None:
+        cfg["store"] = store
+    return cfg
+
+
 def fill_config(env, cfg, name=""):
     """A deep copy of cfg with free ports, sockets and a state_dir of its own
     (prefixed with NAME- when several gateways share an env). As root, HAProxy
@@ -289,15 +342,8 @@ def haproxy_sizes(gw):
     """(max_body, bufsize) the gateway's HAProxy runs with: the rendered file
     sets them in its environment per version and glibc setting
     (TOLLGATE_MAX_BODY, TOLLGATE_BUFSIZE), asked on its stats socket."""
-    with socket.create_connection(("127.0.0.1", gw.settle_port), 5) as s:
-        s.sendall(b"show env\n")
-        out = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            out += b
-    env = dict(l.split("=", 1) for l in out.decode().split("\n") if "=" in l)
+    out = H.haproxy_cli(("127.0.0.1", gw.settle_port), "show env")
+    env = dict(l.split("=", 1) for l in out.split("\n") if "=" in l)
     return int(env["TOLLGATE_MAX_BODY"]), int(env["TOLLGATE_BUFSIZE"])
 
 

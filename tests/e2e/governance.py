@@ -5,10 +5,10 @@ token-governance tests (test_governance.py, test_faults.py).
     with H.Env("gov") as env:
         up = env.mock_upstream()
         red = env.redis()
-        cfg = V.config(V.python_provider(up.port), {"alice": K},
+        cfg = G.config(G.provider("up", up.port, path=V.UP_PATH), {"alice": K},
                        [{"name": "r", "provider": "up", "models": ["m-*"],
                          "auth": {"enabled": True, "allow": ["alice"]},
-                         "plugins": {"ai-token-ratelimit": V.ratelimit(token_per_minute=500)}}],
+                         "plugins": {"ai-token-ratelimit": G.ratelimit(token_per_minute=500)}}],
                        redis=red)                  # local-redis.static -> that Redis
         pairs = V.start_pairs(env, cfg, 3)        # 3 x (tollgate + haproxy)
         body, hdrs, cost = V.exact_chat("m-1", ctok=20)
@@ -70,49 +70,15 @@ def wait_spoe(gw, timeout=15.0):
 
 
 # -------------------------------------------------------------- config
+# (the configuration itself: gateway.config() and its helpers)
 
-def python_provider(up_port, name="up", ptype="openai-compatible"):
-    """The recording mock upstream as a provider (qwen-style base URL)."""
-    return {"name": name, "type": ptype,
-            "base_url": "http://127.0.0.1:%d/compatible-mode/v1" % up_port,
-            "api_keys": ["pk-gov"]}
+UP_PATH = "/compatible-mode/v1"     # the recording mock upstream, qwen-style
 
 
 def redis_store(red, **extra):
     s = {"redis": red.url}
     s.update(extra)
     return s
-
-
-def ratelimit(rule_name="default_rule", header="x-api-key", **limits):
-    """An ai-token-ratelimit block: one limit_by_per_header item, key "*"."""
-    return {"rule_name": rule_name,
-            "rule_items": [{"limit_by_per_header": header,
-                            "limit_keys": [dict({"key": "*"}, **limits)]}],
-            "redis": {"service_name": "local-redis.static", "service_port": 80}}
-
-
-def quota(prefix="chat_quota:", admin="aliyun-admin"):
-    return {"redis_key_prefix": prefix, "admin_consumer": admin, "admin_path": "/quota",
-            "redis": {"service_name": "local-redis.static", "service_port": 80,
-                      "timeout": 2000}}
-
-
-def config(provider, consumers, routes, redis=None, store=None, haproxy=None):
-    """A whole configuration. consumers: {name: key}. redis: a harness
-    redis Proc for the `local-redis` service (else it is `embedded`)."""
-    addr = "127.0.0.1:%d" % redis.port if redis is not None else "embedded"
-    cfg = {
-        "haproxy": dict({"failure_status": 503, "on_agent_error": "closed"}, **(haproxy or {})),
-        "services": [{"name": "local-redis", "type": "static", "address": addr}],
-        "providers": [provider] if isinstance(provider, dict) else list(provider),
-        "consumers": [{"name": n, "credential": k} for n, k in consumers.items()],
-        "key_auth": {"keys": ["x-api-key"], "in_header": True},
-        "routes": routes,
-    }
-    if store is not None:
-        cfg["store"] = store
-    return cfg
 
 
 # ------------------------------------------------------------ requests

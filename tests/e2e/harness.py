@@ -119,6 +119,9 @@ def agent_binary():
     return os.path.join(build_dir(), "tollgate")
 
 
+_advise_glibc()
+
+
 def haproxy_user():
     """"haproxy" when that user exists (Debian's haproxy package makes it):
     the user a root-started HAProxy drops to in these tests; else None."""
@@ -835,9 +838,10 @@ def _resp_read(f):
 
 
 def haproxy_cli(sock_path, command, timeout=5.0):
-    """Send one command to haproxy's stats socket (or master CLI) at sock_path;
-    return the full answer text."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    """Send one command to haproxy's stats socket (or master CLI) at sock_path,
+    a unix socket's path or a (host, port); return the full answer text."""
+    s = socket.socket(socket.AF_INET if isinstance(sock_path, tuple) else socket.AF_UNIX,
+                      socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(sock_path)

@@ -45,18 +45,13 @@ frontend site_tls
 
 
 def config(up_port):
-    return {
-        "providers": [{"name": "up", "type": "openai-compatible",
-                       "base_url": "http://127.0.0.1:%d/v1" % up_port, "api_keys": ["pk-drop"]}],
-        "consumers": [{"name": "dropper", "credential": KEY},
-                      {"name": "drop-admin", "credential": "dropin-admin"}],
-        "key_auth": {"keys": ["x-api-key", "authorization"], "in_header": True},
-        "routes": [{"name": "drop", "provider": "up", "models": ["d-*"],
-                    "auth": {"enabled": True, "allow": ["dropper", "drop-admin"]},
-                    "plugins": {"ai-quota": {"redis_key_prefix": "drop_quota:",
-                                             "admin_consumer": "drop-admin",
-                                             "admin_path": "/quota"}}}],
-    }
+    return G.config(
+        G.provider("up", up_port, ["pk-drop"]),
+        {"dropper": KEY, "drop-admin": "dropin-admin"},
+        [{"name": "drop", "provider": "up", "models": ["d-*"],
+          "auth": {"enabled": True, "allow": ["dropper", "drop-admin"]},
+          "plugins": {"ai-quota": G.quota("drop_quota:", "drop-admin", service=False)}}],
+        key_headers=("x-api-key", "authorization"))
 
 
 class Ctx:

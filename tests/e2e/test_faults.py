@@ -70,18 +70,18 @@ def config(up_port, red, mode):
     allow = sorted(KEYS)
     routes = [
         {"name": "load", "provider": "up", "models": ["ld-*"], "auth": {"enabled": True, "allow": allow},
-         "plugins": {"ai-token-ratelimit": V.ratelimit("load_rule", token_per_minute=LOAD_LIMIT)}},
+         "plugins": {"ai-token-ratelimit": G.ratelimit("load_rule", token_per_minute=LOAD_LIMIT)}},
         {"name": "probe", "provider": "up", "models": ["pb-*"], "auth": {"enabled": True, "allow": allow},
-         "plugins": {"ai-token-ratelimit": V.ratelimit("probe_rule", header="x-probe",
+         "plugins": {"ai-token-ratelimit": G.ratelimit("probe_rule", header="x-probe",
                                                        token_per_minute=PROBE_LIMIT)}},
         {"name": "lease", "provider": "up", "models": ["ls-*"], "auth": {"enabled": True, "allow": allow},
-         "plugins": {"ai-token-ratelimit": V.ratelimit("lease_rule", header="x-lease",
+         "plugins": {"ai-token-ratelimit": G.ratelimit("lease_rule", header="x-lease",
                                                        token_per_minute=LEASE_LIMIT)}},
         {"name": "stream", "provider": "up", "models": ["st-*"], "auth": {"enabled": True, "allow": allow},
-         "plugins": {"ai-quota": V.quota("fault_quota:")}},
+         "plugins": {"ai-quota": G.quota("fault_quota:", "aliyun-admin", timeout=2000)}},
     ]
     store = V.redis_store(red, failure_mode=mode, lease_ttl="2s", instances=2)
-    return V.config(V.python_provider(up_port), KEYS, routes, redis=red, store=store)
+    return G.config(G.provider("up", up_port, path=V.UP_PATH), KEYS, routes, redis=red, store=store)
 
 
 class Ctx:

@@ -46,50 +46,30 @@ CHAT = "/v1/chat/completions"
 
 
 def config(up_port):
-    up = "http://127.0.0.1:%d" % up_port
-    return {
-        "haproxy": {"failure_status": 503, "on_agent_error": "closed"},
-        "store": {"failure_mode": "local"},
-        "services": [{"name": "local-redis", "type": "static", "address": "embedded"}],
-        "providers": [
-            {"name": "aliyun", "type": "openai-compatible", "base_url": up + "/v1",
-             "api_keys": list(PROVIDER_KEYS), "model_mapping": {"gpt-mapped": "qwen-upstream"}},
-            {"name": "az", "type": "azure", "base_url": up, "api_keys": ["az-key"],
-             "api_version": "2024-10-21", "deployment": "my-deploy"},
-            {"name": "az2", "type": "azure", "base_url": up, "api_keys": ["az2-key"],
-             "api_version": "2024-06-01"},
-        ],
-        "consumers": [
-            {"name": "aliyun-admin", "credential": ADMIN},
-            {"name": "aliyun-user1", "credential": USER1},
-            {"name": "aliyun-user2", "credential": USER2},
-            {"name": "outsider", "credential": OUTSIDER},
-        ],
-        "key_auth": {"keys": ["x-api-key", "authorization"], "in_header": True},
-        "routes": [
-            {"name": "aliyun", "provider": "aliyun", "models": ["qwen-*", "gpt-mapped"],
-             "auth": {"enabled": True,
-                      "allow": ["aliyun-admin", "aliyun-user1", "aliyun-user2"]},
-             "plugins": {"ai-quota": {
-                 "redis_key_prefix": "chat_quota:", "admin_consumer": "aliyun-admin",
-                 "admin_path": "/quota",
-                 "redis": {"service_name": "local-redis.static", "service_port": 80,
-                           "timeout": 2000}}}},
-            {"name": "azure", "provider": "az", "models": ["azure-*"],
-             "auth": {"enabled": True, "allow": ["aliyun-user1"]}},
-            {"name": "azure-model", "provider": "az2", "models": ["azm-*"],
-             "auth": {"enabled": True, "allow": ["aliyun-user1"]}},
-            {"name": "private", "provider": "aliyun", "models": ["private-*", "private-one"],
-             "auth": {"enabled": True, "allow": ["outsider"]}},
-            {"name": "open", "provider": "aliyun", "models": ["open-*", "open-exact"]},
-            {"name": "clamp", "provider": "aliyun", "models": ["clamp-*"],
-             "auth": {"enabled": True, "allow": ["aliyun-user2"]},
-             "plugins": {"ai-token-ratelimit": {
-                 "rule_name": "clamp_rule", "clamp_max_tokens": True,
-                 "rule_items": [{"limit_by_per_header": "x-api-key",
-                                 "limit_keys": [{"key": "*", "token_per_minute": 300}]}]}}},
-        ],
-    }
+    allow = ["aliyun-admin", "aliyun-user1", "aliyun-user2"]
+    return G.config(
+        [G.provider("aliyun", up_port, PROVIDER_KEYS,
+                    model_mapping={"gpt-mapped": "qwen-upstream"}),
+         G.provider("az", up_port, ["az-key"], "azure", "", api_version="2024-10-21",
+                    deployment="my-deploy"),
+         G.provider("az2", up_port, ["az2-key"], "azure", "", api_version="2024-06-01")],
+        {"aliyun-admin": ADMIN, "aliyun-user1": USER1, "aliyun-user2": USER2,
+         "outsider": OUTSIDER},
+        [{"name": "aliyun", "provider": "aliyun", "models": ["qwen-*", "gpt-mapped"],
+          "auth": {"enabled": True, "allow": allow},
+          "plugins": {"ai-quota": G.quota("chat_quota:", "aliyun-admin", timeout=2000)}},
+         {"name": "azure", "provider": "az", "models": ["azure-*"],
+          "auth": {"enabled": True, "allow": ["aliyun-user1"]}},
+         {"name": "azure-model", "provider": "az2", "models": ["azm-*"],
+          "auth": {"enabled": True, "allow": ["aliyun-user1"]}},
+         {"name": "private", "provider": "aliyun", "models": ["private-*", "private-one"],
+          "auth": {"enabled": True, "allow": ["outsider"]}},
+         {"name": "open", "provider": "aliyun", "models": ["open-*", "open-exact"]},
+         {"name": "clamp", "provider": "aliyun", "models": ["clamp-*"],
+          "auth": {"enabled": True, "allow": ["aliyun-user2"]},
+          "plugins": {"ai-token-ratelimit": dict(G.ratelimit("clamp_rule", token_per_minute=300),
+                                                 clamp_max_tokens=True)}}],
+        store={"failure_mode": "local"}, key_headers=("x-api-key", "authorization"))
 
 
 class Ctx:

@@ -104,28 +104,28 @@ def config(up_port, red=None, store=None):
         # the walkthrough, verbatim plugin blocks
         {"name": "aliyun", "provider": "aliyun", "models": ["qwen-*"],
          "auth": {"enabled": True, "allow": users},
-         "plugins": {"ai-quota": V.quota(),
-                     "ai-token-ratelimit": V.ratelimit(token_per_minute=5)}},
+         "plugins": {"ai-quota": G.quota("chat_quota:", "aliyun-admin", timeout=2000),
+                     "ai-token-ratelimit": G.ratelimit(token_per_minute=5)}},
         # concurrency: a rate limit alone, a quota alone
         {"name": "conc-rl", "provider": "aliyun", "models": ["crl-*"],
          "auth": {"enabled": True, "allow": sorted(c for c in CONC if "-rl-" in c)},
-         "plugins": {"ai-token-ratelimit": V.ratelimit("conc_rule", token_per_minute=LIMIT)}},
+         "plugins": {"ai-token-ratelimit": G.ratelimit("conc_rule", token_per_minute=LIMIT)}},
         {"name": "conc-q", "provider": "aliyun", "models": ["cqt-*"],
          "auth": {"enabled": True,
                   "allow": ["aliyun-admin"] + sorted(c for c in CONC if "-q-" in c)},
-         "plugins": {"ai-quota": V.quota()}},
+         "plugins": {"ai-quota": G.quota("chat_quota:", "aliyun-admin", timeout=2000)}},
         # the admission estimate, read back from x-ratelimit-remaining-tokens
         {"name": "estimate", "provider": "aliyun", "models": ["est-*"],
          "auth": {"enabled": True, "allow": ["slider"]},
-         "plugins": {"ai-token-ratelimit": V.ratelimit("est_rule", header="x-est",
+         "plugins": {"ai-token-ratelimit": G.ratelimit("est_rule", header="x-est",
                                                        token_per_minute=EST_LIMIT)}},
         # sliding window: one budget per x-slide value, 1 s window
         {"name": "slide", "provider": "aliyun", "models": ["sw-*"],
          "auth": {"enabled": True, "allow": ["slider"]},
-         "plugins": {"ai-token-ratelimit": V.ratelimit("slide_rule", header="x-slide",
+         "plugins": {"ai-token-ratelimit": G.ratelimit("slide_rule", header="x-slide",
                                                        token_per_second=SW_LIMIT)}},
     ]
-    return V.config(V.python_provider(up_port, name="aliyun", ptype="qwen"), consumers,
+    return G.config(G.provider("aliyun", up_port, ptype="qwen", path=V.UP_PATH), consumers,
                     routes, redis=red, store=store)
 
 

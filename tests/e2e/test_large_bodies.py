@@ -50,25 +50,15 @@ QUOTA0 = 10 ** 9
 
 
 def config(up_port, haproxy=None):
-    quota = {"redis_key_prefix": "large_quota:", "admin_consumer": "large-admin",
-             "admin_path": "/quota",
-             "redis": {"service_name": "local-redis.static", "service_port": 80}}
-    return {
-        "haproxy": dict(haproxy or {}),
-        "services": [{"name": "local-redis", "type": "static", "address": "embedded"}],
-        "providers": [{"name": "up", "type": "openai-compatible",
-                       "base_url": "http://127.0.0.1:%d/v1" % up_port,
-                       "api_keys": ["pk-large"]},
-                      {"name": "builtin", "type": "mock"}],
-        "consumers": [{"name": "large-user", "credential": KEY},
-                      {"name": "large-admin", "credential": KEY_ADMIN}],
-        "key_auth": {"keys": ["x-api-key"], "in_header": True},
-        "routes": [{"name": "large", "provider": "up", "models": ["big-*"],
-                    "auth": {"enabled": True, "allow": ["large-user", "large-admin"]},
-                    "plugins": {"ai-quota": quota}},
-                   {"name": "builtin", "provider": "builtin", "models": ["mock-*"],
-                    "auth": {"enabled": True, "allow": ["large-user"]}}],
-    }
+    return G.config(
+        [G.provider("up", up_port, ["pk-large"]), {"name": "builtin", "type": "mock"}],
+        {"large-user": KEY, "large-admin": KEY_ADMIN},
+        [{"name": "large", "provider": "up", "models": ["big-*"],
+          "auth": {"enabled": True, "allow": ["large-user", "large-admin"]},
+          "plugins": {"ai-quota": G.quota("large_quota:", "large-admin")}},
+         {"name": "builtin", "provider": "builtin", "models": ["mock-*"],
+          "auth": {"enabled": True, "allow": ["large-user"]}}],
+        haproxy=dict(haproxy or {}))
 
 
 class Ctx:

@@ -53,33 +53,20 @@ QUOTA0 = 1000000
 
 
 def config(up_port):
-    quota = {"redis_key_prefix": "meter_quota:", "admin_consumer": "meter-admin",
-             "admin_path": "/quota",
-             "redis": {"service_name": "local-redis.static", "service_port": 80}}
+    quota = G.quota("meter_quota:", "meter-admin")
     allow = ["meter-a", "meter-b", "meter-admin"]
-    return {
+    return G.config(
+        [G.provider("up", up_port, ["pk-meter"]), {"name": "builtin", "type": "mock"}],
+        {"meter-a": KEY_A, "meter-b": KEY_B, "meter-admin": KEY_ADMIN},
+        [{"name": "meter", "provider": "up", "models": ["m-*"],
+          "auth": {"enabled": True, "allow": allow}, "plugins": {"ai-quota": quota}},
+         {"name": "builtin", "provider": "builtin", "models": ["mock-*"],
+          "auth": {"enabled": True, "allow": allow}, "plugins": {"ai-quota": quota}},
+         # no ai-quota, no ai-token-ratelimit: metered all the same
+         {"name": "plain", "provider": "up", "models": ["p-*"],
+          "auth": {"enabled": True, "allow": allow}}],
         # the smallest buffer: an answer above 16 KiB is larger than what SPOP sees
-        "haproxy": {"bufsize": 16384, "failure_status": 503},
-        "services": [{"name": "local-redis", "type": "static", "address": "embedded"}],
-        "providers": [
-            {"name": "up", "type": "openai-compatible",
-             "base_url": "http://127.0.0.1:%d/v1" % up_port, "api_keys": ["pk-meter"]},
-            {"name": "builtin", "type": "mock"},
-        ],
-        "consumers": [{"name": "meter-a", "credential": KEY_A},
-                      {"name": "meter-b", "credential": KEY_B},
-                      {"name": "meter-admin", "credential": KEY_ADMIN}],
-        "key_auth": {"keys": ["x-api-key", "authorization"], "in_header": True},
-        "routes": [
-            {"name": "meter", "provider": "up", "models": ["m-*"],
-             "auth": {"enabled": True, "allow": allow}, "plugins": {"ai-quota": quota}},
-            {"name": "builtin", "provider": "builtin", "models": ["mock-*"],
-             "auth": {"enabled": True, "allow": allow}, "plugins": {"ai-quota": quota}},
-            # no ai-quota, no ai-token-ratelimit: metered all the same
-            {"name": "plain", "provider": "up", "models": ["p-*"],
-             "auth": {"enabled": True, "allow": allow}},
-        ],
-    }
+        haproxy={"bufsize": 16384}, key_headers=("x-api-key", "authorization"))
 
 
 class Ctx:

@@ -44,21 +44,14 @@ SDK_CASES = [
 
 
 def config(up_port):
-    return {
-        "haproxy": {"failure_status": 503},
-        "providers": [{"name": "openai-up", "type": "openai-compatible",
-                       "base_url": "http://127.0.0.1:%d/v1" % up_port,
-                       "api_keys": ["sk-provider-sdk"]}],
-        "consumers": [{"name": "sdk-user", "credential": GOOD},
-                      {"name": "sdk-other", "credential": OTHER}],
-        "key_auth": {"keys": ["x-api-key", "authorization"], "in_header": True},
-        "routes": [
-            {"name": "sdk", "provider": "openai-up", "models": ["qwen-*", "qwen-max"],
-             "auth": {"enabled": True, "allow": ["sdk-user"]}},
-            {"name": "other", "provider": "openai-up", "models": ["other-*"],
-             "auth": {"enabled": True, "allow": ["sdk-other"]}},
-        ],
-    }
+    return G.config(
+        G.provider("openai-up", up_port, ["sk-provider-sdk"]),
+        {"sdk-user": GOOD, "sdk-other": OTHER},
+        [{"name": "sdk", "provider": "openai-up", "models": ["qwen-*", "qwen-max"],
+          "auth": {"enabled": True, "allow": ["sdk-user"]}},
+         {"name": "other", "provider": "openai-up", "models": ["other-*"],
+          "auth": {"enabled": True, "allow": ["sdk-other"]}}],
+        key_headers=("x-api-key", "authorization"))
 
 
 class Ctx:

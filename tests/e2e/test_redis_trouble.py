@@ -107,10 +107,10 @@ OWN = {}
 
 def agent_cfg(env, name, url):
     """A bare agent (no HAProxy) whose store is `url`."""
-    cfg = V.config({"name": "up", "type": "mock"}, {"alice": KEY},
+    cfg = G.config({"name": "up", "type": "mock"}, {"alice": KEY},
                    [{"name": "r", "provider": "up", "models": ["tr-*"],
                      "auth": {"enabled": True, "allow": ["alice", "aliyun-admin"]},
-                     "plugins": {"ai-quota": V.quota("trouble_quota:")}}],
+                     "plugins": {"ai-quota": G.quota("trouble_quota:", "aliyun-admin", timeout=2000)}}],
                    store={"redis": url, "failure_mode": "closed"})
     cfg["consumers"].append({"name": "aliyun-admin", "credential": "key-admin"})
     return env.agent(cfg, name=name)
@@ -154,11 +154,11 @@ def setup():
         if c.r_prot:
             c.denied = agent_cfg(env, "a-denied", "redis://%s:%d" % (c.addr, c.r_prot.port))
         up = env.mock_upstream()
-        cfg = V.config(V.python_provider(up.port), {"alice": KEY},
+        cfg = G.config(G.provider("up", up.port, path=V.UP_PATH), {"alice": KEY},
                        [{"name": "r", "provider": "up", "models": ["tr-*"],
                          "auth": {"enabled": True, "allow": ["alice"]},
                          "plugins": {"ai-token-ratelimit":
-                                     V.ratelimit("trouble_rule", token_per_minute=CHAT_COST)}}],
+                                     G.ratelimit("trouble_rule", token_per_minute=CHAT_COST)}}],
                        store={"redis": "redis://127.0.0.1:%d" % c.r_auth.port,
                               "failure_mode": "closed"})
         c.pair = V.start_pair(env, cfg, "noauth")

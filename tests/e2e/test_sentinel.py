@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as H  # noqa: E402
+import gateway as G  # noqa: E402
 import governance as V  # noqa: E402
 from tcase import FAILED, case, main, skip  # noqa: E402
 
@@ -143,10 +144,10 @@ def setup():
         url = "redis-sentinel://%s/%s" % (",".join("127.0.0.1:%d" % s.port for s in c.sentinels),
                                           MASTER)
         up = env.mock_upstream()
-        cfg = V.config(V.python_provider(up.port), {"alice": KEY},
+        cfg = G.config(G.provider("up", up.port, path=V.UP_PATH), {"alice": KEY},
                        [{"name": "r", "provider": "up", "models": ["sn-*"],
                          "auth": {"enabled": True, "allow": ["alice"]},
-                         "plugins": {"ai-quota": V.quota("sn_quota:", admin="alice")}}],
+                         "plugins": {"ai-quota": G.quota("sn_quota:", "alice", timeout=2000)}}],
                        store={"redis": url, "failure_mode": "local"})
         H.redis_cmd(c.master.port, "SET", "sn_quota:alice", str(QUOTA0))
         c.gw = V.start_pair(env, cfg, "sn")
