@@ -7,9 +7,13 @@ haproxy.max_body 4 MiB), metering only, in front of a second agent process
 whose built-in mock provider is the upstream (C, libev: it reads 4 MiB
 bodies and paces 1000 streams without becoming the bottleneck). Measured:
 
-  small p99     wrk, one connection, small chat requests: the p99 alone, and
-                while UPLOADERS clients (curl) upload 4 MiB prompts back to
-                back alongside (the agent's loop is shared by both)
+  small p99     wrk, one connection, small chat requests: the p99 alone; while
+                UPLOADERS clients (curl) send 4 MiB prompts at UPLOAD_RATE a
+                second in all straight to the upstream (bypassing: what the
+                uploads cost this machine, curl and the upstream's JSON parse
+                included); and while they send them through the gateway. The
+                gateway's share is through minus bypassing (medians of ROUNDS
+                rounds, the three alternating)
   CPU per MiB   agent and HAProxy CPU (/proc utime+stime) over N_UPLOADS
                 sequential 4 MiB prompts, per MiB: plain (nothing rewritten),
                 and streamed without stream_options (the agent rewrites the
@@ -22,7 +26,8 @@ Small requests go to an upstream of their own (a second mock), so that they
 never wait behind the mock reading a 4 MiB prompt.
 
 Prints one markdown table row per version, then the table. Knobs: DURATION
-(wrk seconds, 8), UPLOADERS (2), N_UPLOADS (25), STREAMS (1000), UPLOADS50 (50).
+(wrk seconds, 8), ROUNDS (3), UPLOADERS (2), UPLOAD_RATE (4), N_UPLOADS (25),
+STREAMS (1000), UPLOADS50 (50).
 """
 import json
 import os
@@ -41,6 +46,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "pylib"))
 
 DURATION = int(os.environ.get("DURATION", "8"))
 UPLOADERS = int(os.environ.get("UPLOADERS", "2"))
+UPLOAD_RATE = float(os.environ.get("UPLOAD_RATE", "4"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
 N_UPLOADS = int(os.environ.get("N_UPLOADS", "25"))
 STREAMS = int(os.environ.get("STREAMS", "1000"))
 UPLOADS50 = int(os.environ.get("UPLOADS50", "50"))
@@ -91,13 +98,13 @@ def chat_body(size, model="bench-large", **extra):
     return build(size - len(build(0)))
 
 
-def curl(port, path, headers=()):
+def curl(port, path, headers=(), url=None):
     argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "60",
             "-H", "content-type: application/json", "-H", "x-api-key: " + KEY,
             "--data-binary", "@" + path]
     for h in headers:
         argv += ["-H", h]
-    argv.append("http://127.0.0.1:%d/v1/chat/completions" % port)
+    argv.append(url or "http://127.0.0.1:%d/v1/chat/completions" % port)
     r = subprocess.run(argv, capture_output=True, text=True)
     return r.stdout.strip()
 
@@ -114,6 +121,43 @@ def wrk_p99(port, lua, seconds):
         raise RuntimeError("wrk: %s%s" % (out, r.stderr))
     v = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
     return v, int(reqs.group(1))
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+class Uploads:
+    """UPLOADERS threads sending 4 MiB prompts at UPLOAD_RATE per second in
+    all (paced: a fixed schedule, not back to back), until stop()."""
+
+    def __init__(self, port, path, url=None, headers=()):
+        self.done, self.bad, self.halt = 0, [], False
+        self.t0 = time.monotonic()
+        gap = UPLOADERS / UPLOAD_RATE
+
+        def run(i):
+            due = self.t0 + i * gap / UPLOADERS
+            while not self.halt:
+                time.sleep(max(0.0, due - time.monotonic()))
+                if self.halt:
+                    break
+                code = curl(port, path, headers, url)
+                if code == "200":
+                    self.done += 1
+                else:
+                    self.bad.append(code)
+                due += gap
+        self.ths = [threading.Thread(target=run, args=(i,)) for i in range(UPLOADERS)]
+        for t in self.ths:
+            t.start()
+
+    def stop(self):
+        self.halt = True
+        for t in self.ths:
+            t.join()
+        return self.done, time.monotonic() - self.t0, sorted(set(self.bad))
 
 
 def open_streams(port, n, delay_ms, tokens):
@@ -155,14 +199,13 @@ def open_streams(port, n, delay_ms, tokens):
 
 
 def one_version(haproxy):
-    os.environ["HAPROXY"] = haproxy
-    v = subprocess.run([haproxy, "-v"], capture_output=True, text=True).stdout.split()[2]
     # the harness starts 2.6 with the glibc setting haproxy/README.md advises
-    # (the figures are for the advised setup)
+    # (the figures are for the advised setup); it reads HAPROXY on import
+    os.environ["HAPROXY"] = haproxy
     import harness as H
     import gateway as G
-    H.HAPROXY = haproxy
-    res = {"haproxy": v, "tunables": os.environ.get("GLIBC_TUNABLES", "")}
+    res = {"haproxy": "%d.%d.%d" % H.haproxy_version(),
+           "tunables": os.environ.get("GLIBC_TUNABLES", "")}
     env = H.Env("bench-large")
     try:
         # two upstreams: the large prompts' own, so that a small request never
@@ -222,26 +265,31 @@ def one_version(haproxy):
         res["rss_uploads"] = (peak[hp], peak[ag])
         res["rss_after"] = (rss_kib(hp), rss_kib(ag))
 
-        # 2. p99 of small requests, alone and with 4 MiB uploads alongside
+        # 2. p99 of small requests: alone; with paced 4 MiB uploads that
+        # bypass the gateway (straight to the large prompts' upstream: what
+        # the uploads cost the machine, curl and the upstream included); with
+        # the same uploads through the gateway. Rounds alternate the three;
+        # the gateway's share is the difference of the last two medians.
         wrk_p99(gw.port, lua, 2)                           # warm up
-        res["p99_alone"], _ = wrk_p99(gw.port, lua, DURATION)
-        stop, uploaded = [False], [0]
-
-        def uploader():
-            while not stop[0]:
-                if curl(gw.port, big) == "200":
-                    uploaded[0] += 1
-        ths = [threading.Thread(target=uploader) for _ in range(UPLOADERS)]
-        for t in ths:
-            t.start()
-        time.sleep(0.5)
-        t0 = time.monotonic()
-        n0 = uploaded[0]
-        res["p99_uploads"], _ = wrk_p99(gw.port, lua, DURATION)
-        res["uploads_per_s"] = (uploaded[0] - n0) / (time.monotonic() - t0)
-        stop[0] = True
-        for t in ths:
-            t.join()
+        direct = "http://127.0.0.1:%d/mock/v1/chat/completions" % up.http_port
+        p99 = {"alone": [], "bypass": [], "through": []}
+        sent = {"bypass": [0, 0.0], "through": [0, 0.0]}
+        for _ in range(ROUNDS):
+            p99["alone"].append(wrk_p99(gw.port, lua, DURATION)[0])
+            for mode in ("bypass", "through"):
+                url = direct if mode == "bypass" else None
+                hdrs = ("authorization: Bearer pk-bench",) if url else ()
+                pacer = Uploads(gw.port, big, url, hdrs)
+                p99[mode].append(wrk_p99(gw.port, lua, DURATION)[0])
+                n, secs, bad = pacer.stop()
+                if bad:
+                    raise RuntimeError("%s uploads answered %s" % (mode, bad))
+                sent[mode][0] += n
+                sent[mode][1] += secs
+        for mode, v in p99.items():
+            res["p99_" + mode] = median(v)
+            res["p99_%s_all" % mode] = v
+        res["uploads_per_s"] = sent["through"][0] / sent["through"][1]
 
         # 3. CPU per MiB, plain and rewritten
         for name, path in (("plain", big), ("rewritten", big_stream)):
@@ -279,19 +327,22 @@ def main():
             continue
         rows.append(json.loads(line[0][7:]))
     print()
-    print("Large prompts (defaults: haproxy.max_body 4 MiB), %d s wrk runs, %d uploaders, "
-          "%d streams, %d concurrent uploads" % (DURATION, UPLOADERS, STREAMS, UPLOADS50))
+    print("Large prompts (defaults: haproxy.max_body 4 MiB). Small p99: wrk, one connection, "
+          "%d s runs, median of %d rounds; 4 MiB uploads paced at %g/s by %d clients, "
+          "bypassing the gateway (straight to the upstream) or through it. %d streams, "
+          "%d concurrent uploads" % (DURATION, ROUNDS, UPLOAD_RATE, UPLOADERS, STREAMS, UPLOADS50))
     print()
-    print("| HAProxy | tune.bufsize | small p99 alone | with 4 MiB uploads alongside "
-          "| agent CPU/MiB plain, rewritten | HAProxy CPU/MiB plain, rewritten "
+    print("| HAProxy | tune.bufsize | small p99 alone | uploads bypassing | uploads through "
+          "| gateway's share | agent CPU/MiB plain, rewritten | HAProxy CPU/MiB plain, rewritten "
           "| RSS MiB idle (HAProxy, agent) | %d streams | %d × 4 MiB uploads |"
           % (STREAMS, UPLOADS50))
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print("| %s | %d | %.2f ms | %.2f ms (%+.2f; %.1f uploads/s) | %.0f, %.0f µs "
+        print("| %s | %d | %.2f ms | %.2f ms | %.2f ms (%.1f uploads/s) | %+.2f ms "
+              "| %.0f, %.0f µs "
               "| %.0f, %.0f µs | %s, %s | %s, %s (%d/%d ended) | %s, %s (%d/%d 200) |" % (
-                  r["haproxy"], r["bufsize"], r["p99_alone"], r["p99_uploads"],
-                  r["p99_uploads"] - r["p99_alone"], r["uploads_per_s"],
+                  r["haproxy"], r["bufsize"], r["p99_alone"], r["p99_bypass"],
+                  r["p99_through"], r["uploads_per_s"], r["p99_through"] - r["p99_bypass"],
                   r["agent_us_per_mib_plain"], r["agent_us_per_mib_rewritten"],
                   r["haproxy_us_per_mib_plain"], r["haproxy_us_per_mib_rewritten"],
                   mib(r["rss_idle"][0]), mib(r["rss_idle"][1]),
