@@ -29,6 +29,8 @@
 #define MAX_DIMS       4096
 #define DEFAULT_DIMS   16
 #define HDR_ECHO_MAX   256
+#define WORD_MAX       14       /* the longest reply word and its space */
+#define TEXT_MAX       (MOCK_MAX_WORDS * WORD_MAX + 1)
 
 static const char *const reply_words[MOCK_REPLY_WORDS] = {
 	"Hello!", "This", "is", "a", "deterministic", "reply", "from", "the", "Tollgate",
@@ -69,6 +71,7 @@ struct ask {
 	enum kind kind;
 	const char *model;
 	unsigned prompt_tokens, words, dims;
+	unsigned full;               /* words of the whole reply (x-mock-words) */
 	bool stream, include_usage;
 	const cJSON *inputs;         /* embeddings: the "input" item */
 	uint64_t hash;               /* of the body: ids */
@@ -309,18 +312,25 @@ static void out_json(struct out *o, cJSON *obj)
 
 /* ---- answers: shared pieces ----------------------------------------- */
 
-static void reply_text(const struct ask *a, char *out, size_t len)
+/* Word i of the reply: the twelve words, over again past the twelfth. */
+static const char *reply_word(unsigned i)
+{
+	return reply_words[i % MOCK_REPLY_WORDS];
+}
+
+/* The reply's text into out (TEXT_MAX bytes: every word fits). */
+static void reply_text(const struct ask *a, char *out)
 {
 	size_t n = 0;
 
 	out[0] = 0;
-	for (unsigned i = 0; i < a->words && n < len; i++)
-		n += (size_t)snprintf(out + n, len - n, "%s%s", i ? " " : "", reply_words[i]);
+	for (unsigned i = 0; i < a->words; i++)
+		n += (size_t)snprintf(out + n, TEXT_MAX - n, "%s%s", i ? " " : "", reply_word(i));
 }
 
 static const char *finish_reason(const struct ask *a)
 {
-	return a->words < MOCK_REPLY_WORDS ? "length" : "stop";
+	return a->words < a->full ? "length" : "stop";
 }
 
 static void add_usage(cJSON *o, const struct ask *a)
@@ -353,9 +363,9 @@ static void render_chat(const struct ask *a, struct out *o)
 {
 	cJSON *r = base_object(a, "chat.completion");
 	cJSON *ch = cJSON_CreateObject(), *msg;
-	char text[256];
+	char text[TEXT_MAX];
 
-	reply_text(a, text, sizeof(text));
+	reply_text(a, text);
 	cJSON_AddNumberToObject(ch, "index", 0);
 	msg = cJSON_AddObjectToObject(ch, "message");
 	cJSON_AddStringToObject(msg, "role", "assistant");
@@ -370,9 +380,9 @@ static void render_chat(const struct ask *a, struct out *o)
 static void render_completion(const struct ask *a, struct out *o)
 {
 	cJSON *r = base_object(a, "text_completion"), *ch = cJSON_CreateObject();
-	char text[256];
+	char text[TEXT_MAX];
 
-	reply_text(a, text, sizeof(text));
+	reply_text(a, text);
 	cJSON_AddStringToObject(ch, "text", text);
 	cJSON_AddNumberToObject(ch, "index", 0);
 	cJSON_AddNullToObject(ch, "logprobs");
@@ -391,7 +401,7 @@ static cJSON *stream_chunk(const struct ask *a, unsigned i)
 	char word[64] = "";
 
 	if (i < a->words)
-		snprintf(word, sizeof(word), "%s%s", i ? " " : "", reply_words[i]);
+		snprintf(word, sizeof(word), "%s%s", i ? " " : "", reply_word(i));
 	cJSON_AddNumberToObject(ch, "index", 0);
 	if (chat) {
 		delta = cJSON_AddObjectToObject(ch, "delta");
@@ -481,8 +491,8 @@ static void render_embeddings(const struct ask *a, struct out *o)
 static cJSON *response_object(const struct ask *a, bool done)
 {
 	cJSON *r = cJSON_CreateObject(), *msg, *part, *u;
-	bool cut = a->words < MOCK_REPLY_WORDS;
-	char id[64], text[256];
+	bool cut = a->words < a->full;
+	char id[64], text[TEXT_MAX];
 
 	make_id(id, sizeof(id), "resp_mock_", a->hash);
 	cJSON_AddStringToObject(r, "id", id);
@@ -502,7 +512,7 @@ static cJSON *response_object(const struct ask *a, bool done)
 	cJSON_AddStringToObject(msg, "status", "completed");
 	cJSON_AddStringToObject(msg, "role", "assistant");
 	part = cJSON_CreateObject();
-	reply_text(a, text, sizeof(text));
+	reply_text(a, text);
 	cJSON_AddStringToObject(part, "type", "output_text");
 	cJSON_AddStringToObject(part, "text", text);
 	cJSON_AddArrayToObject(part, "annotations");
@@ -543,7 +553,7 @@ static void add_text_position(cJSON *e, const struct ask *a)
 static void render_responses_stream(const struct ask *a, struct out *o)
 {
 	unsigned seq = 0;
-	char word[64], text[256];
+	char word[64], text[TEXT_MAX];
 	cJSON *e;
 
 	e = response_event("response.created", seq++);
@@ -552,13 +562,13 @@ static void render_responses_stream(const struct ask *a, struct out *o)
 	for (unsigned i = 0; i < a->words; i++) {
 		e = response_event("response.output_text.delta", seq++);
 		add_text_position(e, a);
-		snprintf(word, sizeof(word), "%s%s", i ? " " : "", reply_words[i]);
+		snprintf(word, sizeof(word), "%s%s", i ? " " : "", reply_word(i));
 		cJSON_AddStringToObject(e, "delta", word);
 		out_event(o, "response.output_text.delta", e);
 	}
 	e = response_event("response.output_text.done", seq++);
 	add_text_position(e, a);
-	reply_text(a, text, sizeof(text));
+	reply_text(a, text);
 	cJSON_AddStringToObject(e, "text", text);
 	out_event(o, "response.output_text.done", e);
 	e = response_event("response.completed", seq++);
@@ -645,7 +655,7 @@ static const char *read_ask(struct ask *a, const cJSON *body, const char *deploy
 		return "'input' is a required property";
 	if (read_limit(body, limit_names(a->kind), &limit) != 0)
 		return "the token limit must be an integer >= 1";
-	a->words = limit && limit < MOCK_REPLY_WORDS ? limit : MOCK_REPLY_WORDS;
+	a->words = limit && limit < a->full ? limit : a->full;
 	a->prompt_tokens = mock_prompt_tokens(prompt_points(a->kind, body));
 	a->stream = a->kind != K_EMBEDDINGS &&
 	            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "stream"));
@@ -802,6 +812,8 @@ static void answer(struct mock_provider *mp, struct http_req *req, enum kind kin
 		return;
 	}
 	a.hash = fnv64(body, len);
+	if (!(a.full = header_uint(req, "x-mock-words", MOCK_MAX_WORDS)))
+		a.full = MOCK_REPLY_WORDS;
 	if ((err = read_ask(&a, doc, deployment))) {
 		reply_error(req, 400, "invalid_request_error", NULL, err);
 		cJSON_Delete(doc);

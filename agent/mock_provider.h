@@ -28,12 +28,13 @@
  *   prompt_tokens = max(1, ceil(C / 4))
  *   The reply is the first N words of the fixed 12-word sentence
  *       "Hello! This is a deterministic reply from the Tollgate mock LLM provider."
- *   joined by single spaces, with N = min(L, 12) where L is the request's
- *   limit: max_completion_tokens, else max_tokens (chat); max_tokens
- *   (completions); max_output_tokens (responses); no limit: N = 12. A limit
+ *   (W words of it over again with x-mock-words: W; else W = 12), joined by
+ *   single spaces, with N = min(L, W) where L is the request's limit:
+ *   max_completion_tokens, else max_tokens (chat); max_tokens
+ *   (completions); max_output_tokens (responses); no limit: N = W. A limit
  *   that is not an integer >= 1 is a 400.
  *   completion_tokens = N; total_tokens = prompt_tokens + N.
- *   finish_reason = "length" when N < 12, else "stop" (Responses: status
+ *   finish_reason = "length" when N < W, else "stop" (Responses: status
  *   "incomplete" with incomplete_details.reason "max_output_tokens").
  *   Embeddings: prompt_tokens as above over all inputs, total = prompt; one
  *   vector per input, "dimensions" floats (1..4096, default 16).
@@ -58,6 +59,9 @@
  *   x-mock-delay-ms: N   pace: each SSE event N ms after the previous (the
  *                        first N ms after the headers); a non-streamed answer
  *                        comes after N ms. A timer, never a sleep. Max 60000.
+ *   x-mock-words: N      a reply of N words (1..MOCK_MAX_WORDS; the twelve
+ *                        words over again), one SSE event each: long paced
+ *                        streams for tests/bench/streams.py. Default 12.
  *   x-mock-status: NNN   answer NNN (400..599) with an OpenAI error body and
  *                        no usage, after the authentication check.
  * Response headers for tests: x-mock-auth (bearer | api-key),
@@ -74,6 +78,7 @@ struct http_server;
 struct mock_provider;
 
 #define MOCK_REPLY_WORDS  12
+#define MOCK_MAX_WORDS    2000
 
 /* Registers the /mock/ routes on srv. NULL on failure (route table full). */
 struct mock_provider *mock_provider_new(struct http_server *srv);

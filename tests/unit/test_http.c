@@ -1113,6 +1113,48 @@ CASE(mock_chat_rule)
 	resp_free(&r);
 }
 
+/* x-mock-words: W words (the sentence over again), max_tokens still cuts */
+CASE(mock_words)
+{
+	static const char sentence[] =
+		"Hello! This is a deterministic reply from the Tollgate mock LLM provider.";
+	char want[512];
+	struct resp r = { 0 };
+	cJSON *j;
+	const char *p;
+	int n = 0;
+
+	snprintf(want, sizeof(want), "%s %s Hello! This is a deterministic reply", sentence,
+	         sentence);
+	CHECK(post_json("/mock/v1/chat/completions", AUTH "x-mock-words: 30\r\n",
+	                "{\"model\":\"m\",\"messages\":[]}", &r) == 0 && r.status == 200);
+	j = json_of(&r);
+	CHECK(strcmp(str_at(choice0(j), "message", "content"), want) == 0);
+	CHECK(strcmp(str_at(choice0(j), "finish_reason", NULL), "stop") == 0);
+	CHECK(num(j, "usage.completion_tokens") == 30);
+	cJSON_Delete(j);
+	CHECK(post_json("/mock/v1/chat/completions", AUTH "x-mock-words: 30\r\n",
+	                "{\"model\":\"m\",\"max_tokens\":20,\"messages\":[]}", &r) == 0);
+	j = json_of(&r);
+	CHECK(strcmp(str_at(choice0(j), "finish_reason", NULL), "length") == 0);
+	CHECK(num(j, "usage.completion_tokens") == 20);
+	cJSON_Delete(j);
+	/* the most words: one event each, then finish and [DONE] */
+	CHECK(post_json("/mock/v1/chat/completions", AUTH "x-mock-words: 2000\r\n",
+	                "{\"model\":\"m\",\"stream\":true,\"messages\":[]}", &r) == 0 &&
+	      r.status == 200);
+	for (p = r.body; (p = strstr(p, "data: ")); p += 6)
+		n++;
+	CHECK(n == 2000 + 1 + 1);
+	/* past the most: the header is ignored */
+	CHECK(post_json("/mock/v1/chat/completions", AUTH "x-mock-words: 2001\r\n",
+	                "{\"model\":\"m\",\"messages\":[]}", &r) == 0);
+	j = json_of(&r);
+	CHECK(num(j, "usage.completion_tokens") == 12);
+	cJSON_Delete(j);
+	resp_free(&r);
+}
+
 CASE(mock_errors)
 {
 	struct resp r = { 0 };
@@ -1491,9 +1533,10 @@ int main(void)
 	        chunked_stream, stream_client_gone, handler_without_answer, expect_continue,
 	        slow_sender, request_timeout_408, idle_timeout, slow_reader, many_connections,
 	        form_decoding, mutated_requests_survive, metrics_endpoint, mock_auth_required,
-	        mock_chat_rule, mock_errors, mock_stream_without_usage, mock_stream_with_usage,
-	        mock_stream_paced, mock_stream_client_gone, mock_delayed_json, mock_completions,
-	        mock_embeddings, mock_responses, mock_azure_shape, server_exits_cleanly);
+	        mock_chat_rule, mock_words, mock_errors, mock_stream_without_usage,
+	        mock_stream_with_usage, mock_stream_paced, mock_stream_client_gone,
+	        mock_delayed_json, mock_completions, mock_embeddings, mock_responses,
+	        mock_azure_shape, server_exits_cleanly);
 	if (child > 0) {
 		kill(child, SIGKILL);
 		waitpid(child, NULL, 0);
