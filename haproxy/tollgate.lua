@@ -51,11 +51,19 @@ local function res_header(txn, name)
 	return v
 end
 
--- number of UTF-8 code points in s (continuation bytes not counted; invalid
--- bytes count as one each)
-local function u8len(s)
-	local _, n = s:gsub("[^\128-\191]", "")
-	return n
+-- Every search below is a plain find (memchr and memcmp) or a pattern
+-- anchored where a plain find landed: an unanchored Lua pattern tries a
+-- match at every byte (measured: 2 to 3 us for one search of a 250-byte
+-- event, against 0.2 us for a plain find).
+
+-- number of UTF-8 code points in d[i..j] (continuation bytes not counted;
+-- invalid bytes count as one each)
+local function u8len(d, i, j)
+	if j < i then return 0 end
+	local n = utf8.len(d, i, j, true)
+	if n then return n end
+	local _, c = d:sub(i, j):gsub("[^\128-\191]", "")
+	return c
 end
 
 -- characters of the JSON string starting at index i (just after its opening
@@ -64,8 +72,8 @@ local function json_str_chars(d, i)
 	local n, len = 0, #d
 	while i <= len do
 		local j = d:find('["\\]', i)
-		if not j then return n + u8len(d:sub(i)), len + 1 end
-		if j > i then n = n + u8len(d:sub(i, j - 1)) end
+		if not j then return n + u8len(d, i, len), len + 1 end
+		n = n + u8len(d, i, j - 1)
 		if d:byte(j) == 34 then return n, j + 1 end
 		if d:byte(j + 1) == 117 then          -- \uXXXX, a surrogate pair is one
 			local cp = tonumber(d:sub(j + 2, j + 5), 16)
@@ -82,21 +90,68 @@ local function json_str_chars(d, i)
 	return n, i
 end
 
--- total characters of the string values of the given keys in d
+-- total characters of the string values of the given keys (quoted) in d
 local function count_fields(d, keys)
 	local total = 0
-	for _, k in ipairs(keys) do
-		local pat = '"' .. k .. '"%s*:%s*"'
+	for i = 1, #keys do
 		local pos = 1
 		while true do
-			local _, e = d:find(pat, pos)
+			local _, e = d:find(keys[i], pos, true)
 			if not e then break end
-			local n, nxt = json_str_chars(d, e + 1)
-			total = total + n
-			pos = nxt
+			local _, v = d:find('^%s*:%s*"', e + 1)
+			if v then
+				local n, nxt = json_str_chars(d, v + 1)
+				total = total + n
+				pos = nxt
+			else
+				pos = e + 1
+			end
 		end
 	end
 	return total
+end
+
+-- the object (text) that is the value of the member named by the quoted
+-- key in d: the first such member whose value is an object
+local function member_object(d, key)
+	local pos = 1
+	while true do
+		local _, e = d:find(key, pos, true)
+		if not e then return nil end
+		local obj = d:match('^%s*:%s*(%b{})', e + 1)
+		if obj then return obj end
+		pos = e + 1
+	end
+end
+
+-- the value of the first member named by the quoted key in d whose value
+-- is a string without escapes
+local function member_string(d, key)
+	local pos = 1
+	while true do
+		local _, e = d:find(key, pos, true)
+		if not e then return nil end
+		local v = d:match('^%s*:%s*"([^"]*)"', e + 1)
+		if v then return v end
+		pos = e + 1
+	end
+end
+
+-- the end of the next SSE event in s from pos: a blank line, "\n\n" with
+-- an optional "\r" before each "\n"; returns its first and last index
+local function event_end(s, pos)
+	local from = pos
+	while true do
+		local i = s:find("\n", pos, true)
+		if not i then return nil end
+		local j = i + 1
+		if s:byte(j) == 13 then j = j + 1 end
+		if s:byte(j) == 10 then
+			if i > from and s:byte(i - 1) == 13 then return i - 1, j end
+			return i, j
+		end
+		pos = i + 1
+	end
 end
 
 local function tonum(s)
@@ -111,9 +166,10 @@ local function usage_numbers(u)
 	return tonum(i), tonum(o)
 end
 
-local CHOICE_KEYS = { "content", "reasoning_content", "reasoning", "text", "arguments", "refusal" }
-local DELTA_KEYS  = { "delta" }                              -- Responses API *.delta
-local BLOCK_KEYS  = { "text", "thinking", "partial_json" }   -- content_block_delta
+local CHOICE_KEYS = { '"content"', '"reasoning_content"', '"reasoning"', '"text"',
+                      '"arguments"', '"refusal"' }
+local DELTA_KEYS  = { '"delta"' }                                -- Responses API *.delta
+local BLOCK_KEYS  = { '"text"', '"thinking"', '"partial_json"' } -- content_block_delta
 
 -- ------------------------------------------------------------------ filter
 
@@ -138,7 +194,19 @@ function Tollgate:set_usage(txn, i, o)
 end
 
 -- one complete SSE event (raw text); returns true for a usage-only event
-function Tollgate:sse_event(txn, ev)
+-- the data of an event: its `data:` lines joined by "\n", and its type
+-- (`event:`); nil when it has no data
+local function event_fields(ev)
+	local last = #ev
+	-- the common event: one `data:` line (ev ends with its first separator
+	-- byte, the only "\n" or "\r" in it)
+	if ev:sub(1, 5) == "data:" then
+		local nl, cr = ev:find("\n", 6, true), ev:find("\r", 6, true)
+		if (nl == nil or nl == last) and (cr == nil or cr == last) then
+			local e = (nl or cr) and last - 1 or last
+			return ev:sub(ev:byte(6) == 32 and 7 or 6, e), nil
+		end
+	end
 	local data, etype = nil, nil
 	for line in ev:gmatch("[^\r\n]+") do
 		if line:sub(1, 5) == "data:" then
@@ -149,18 +217,22 @@ function Tollgate:sse_event(txn, ev)
 			etype = line:sub(7):match("^%s*(.-)%s*$")
 		end
 	end
-	if not data then return false end
-	local d = #data == 1 and data[1] or table.concat(data, "\n")
-	if d == "[DONE]" then return false end
+	if not data then return nil end
+	return #data == 1 and data[1] or table.concat(data, "\n"), etype
+end
 
-	local usage = d:match('"usage"%s*:%s*(%b{})')
+function Tollgate:sse_event(txn, ev)
+	local d, etype = event_fields(ev)
+	if not d or d == "[DONE]" then return false end
+
+	local usage = member_object(d, '"usage"')
 	if usage then self:set_usage(txn, usage_numbers(usage)) end
 
 	local n = 0
 	if d:find('"choices"', 1, true) then
 		n = count_fields(d, CHOICE_KEYS)
 	else
-		local t = etype or d:match('"type"%s*:%s*"([^"]*)"')
+		local t = etype or member_string(d, '"type"')
 		if t then
 			if t:sub(-6) == ".delta" then
 				n = count_fields(d, DELTA_KEYS)
@@ -192,7 +264,7 @@ function Tollgate:sse_payload(txn, msg)
 	local pos, removed, chars0 = 1, 0, self.chars
 	if self.skip then
 		-- inside an event too large to parse: wait for its end
-		local _, b = s:find("\r?\n\r?\n")
+		local _, b = event_end(s, 1)
 		if not b then
 			self.carry = s:sub(-3)
 			return nil
@@ -201,7 +273,7 @@ function Tollgate:sse_payload(txn, msg)
 		pos = b + 1
 	end
 	while true do
-		local a, b = s:find("\r?\n\r?\n", pos)
+		local a, b = event_end(s, pos)
 		if not a then break end
 		local hide = self:sse_event(txn, s:sub(pos, a))
 		if hide and self.hide and pos > clen then
