@@ -95,6 +95,7 @@ bench: all
 	for h in $${HAPROXY_VERSIONS:-haproxy}; do BUILD=$(BUILD) HAPROXY=$$h tests/bench/gateway.sh || exit 1; done
 	BUILD=$(BUILD) tests/bench/governance.sh
 	BUILD=$(BUILD) python3 tests/bench/large_bodies.py
+	BUILD=$(BUILD) python3 tests/bench/streams.py
 
 demo: deps
 	$(MAKE) all

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""tests/bench/streams.py -- what a streamed event costs (part of `make bench`).
+
+For each HAProxy in HAPROXY_VERSIONS (default: $HAPROXY or haproxy), side by
+side in one run, the same load through:
+
+  plain      HAProxy alone, tuned as an operator would (nbthread = cores,
+             http-reuse always, and http-no-delay for SSE: without it the
+             kernel holds events back, 181 ms at p99 here), in front of the
+             upstream
+  gateway    HAProxy rendered by `tollgate haproxy-config` + the agent,
+             metering only: key auth, routing, the Lua filter reading every
+             event, exactly-once settlement
+
+The upstream is the agent's built-in mock provider (C, libev) in a process of
+its own: STREAMS concurrent chat streams, each EVENTS words paced DELAY_MS
+apart, one write per event (x-mock-words, x-mock-delay-ms). The client sends
+no stream_options, as the OpenAI SDKs do: the gateway adds include_usage and
+removes the usage event again, so both setups deliver the same events.
+ROUNDS rounds alternate the setups; medians are reported.
+
+Measured per setup: CPU per delivered event (utime + stime from /proc of
+HAProxy, plus the agent for the gateway, over the round, divided by the
+events the clients received), and the p99 of the gap between two events of
+one stream as the client sees it (DELAY_MS when every event is forwarded the
+moment it arrives). Checked in every gateway round: every stream ends with
+[DONE] and the output tokens the gateway metered equal the words sent,
+exactly; then ABORTS streams cut after half their events are settled with an
+estimate (output tokens > 0, from the characters seen).
+
+Targets (issue 9): CPU per event, gateway / plain <= 1.5x (stretch 1.2x).
+Knobs: STREAMS (200), EVENTS (200), DELAY_MS (10), ROUNDS (3), ABORTS (20).
+"""
+import json
+import os
+import resource
+import selectors
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+sys.path.insert(0, os.path.join(HERE, "..", "pylib"))
+
+STREAMS = int(os.environ.get("STREAMS", "200"))
+EVENTS = int(os.environ.get("EVENTS", "200"))
+DELAY_MS = int(os.environ.get("DELAY_MS", "10"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+ABORTS = int(os.environ.get("ABORTS", "20"))
+KEY = "bench-stream-key"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def request(path, headers, events):
+    body = json.dumps({"model": "bench-stream", "stream": True,
+                       "messages": [{"role": "user", "content": "Tell me a long story."}]})
+    head = "".join("%s: %s\r\n" % kv for kv in headers.items())
+    return ("POST %s HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+            "x-mock-words: %d\r\nx-mock-delay-ms: %d\r\n%sconnection: close\r\n"
+            "content-length: %d\r\n\r\n%s" % (path, events, DELAY_MS, head, len(body), body)
+            ).encode()
+
+
+def run_streams(port, req, n, cut_after=None):
+    """n concurrent streams; returns (events received, streams that ended
+    with [DONE], gaps between a stream's events in ms). cut_after: close
+    each stream once it has received that many events."""
+    sel = selectors.DefaultSelector()
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(req)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, {"buf": b"", "events": 0, "last": None})
+    events, done, gaps, open_n = 0, 0, [], n
+    deadline = time.monotonic() + 60 + EVENTS * DELAY_MS / 1000.0
+    while open_n and time.monotonic() < deadline:
+        for key, _ in sel.select(1.0):
+            st, s = key.data, key.fileobj
+            try:
+                data = s.recv(65536)
+            except BlockingIOError:
+                continue
+            now = time.monotonic()
+            if data:
+                got = data.count(b"data: ")
+                if got:
+                    if st["last"] is not None and st["events"] >= 2:
+                        gaps.append((now - st["last"]) * 1000.0)
+                    st["last"] = now
+                    st["events"] += got
+                st["buf"] = (st["buf"] + data)[-64:]
+                if cut_after is None or st["events"] < cut_after:
+                    continue
+            events += st["events"]
+            if b"[DONE]" in st["buf"]:
+                done += 1
+            sel.unregister(s)
+            s.close()
+            open_n -= 1
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()
+    return events, done, gaps
+
+
+def p99(v):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(len(v) * 0.99))] if v else float("nan")
+
+
+def one_version(haproxy):
+    os.environ["HAPROXY"] = haproxy
+    import harness as H
+    import gateway as G
+    res = {"haproxy": "%d.%d.%d" % H.haproxy_version(), "plain": [], "gateway": []}
+    env = H.Env("bench-streams")
+    try:
+        up = env.agent({"agent": {"log_level": "warn"}}, name="upstream")
+        gw = G.start_gateway(env, G.config(
+            G.provider("up", up.http_port, ["pk-bench"], path="/mock/v1"),
+            {"bench": KEY},
+            [{"name": "r", "provider": "up", "models": ["bench-*"],
+              "auth": {"enabled": True, "allow": ["bench"]}}]))
+        plain_port = H.free_port()
+        plain = env.haproxy(
+            "global\n    maxconn 4096\n    nbthread %d\n"
+            "defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n"
+            "    timeout server 60s\n"
+            "frontend plain\n    bind 127.0.0.1:%d\n    default_backend up\n"
+            "backend up\n    http-reuse always\n    option http-no-delay\n"
+            "    server u 127.0.0.1:%d\n"
+            % (os.cpu_count(), plain_port, up.http_port), name="plain", wait_ports=[plain_port])
+        setups = {
+            "plain": (plain_port, [plain.pid],
+                      request("/mock/v1/chat/completions", {"authorization": "Bearer pk-bench"},
+                              EVENTS)),
+            "gateway": (gw.port, [gw.haproxy.pid, gw.agent.pid],
+                        request("/v1/chat/completions", {"x-api-key": KEY}, EVENTS)),
+        }
+        run_streams(gw.port, setups["gateway"][2], 4)            # warm up both
+        run_streams(plain_port, setups["plain"][2], 4)
+        for _ in range(ROUNDS):
+            for name, (port, pids, req) in setups.items():
+                out0 = gw.tokens(consumer="bench")[1]
+                c0 = [cpu_seconds(p) for p in pids]
+                events, done, gaps = run_streams(port, req, STREAMS)
+                cpu = [cpu_seconds(p) - c for p, c in zip(pids, c0)]
+                if done != STREAMS:
+                    raise RuntimeError("%s: %d of %d streams ended with [DONE]"
+                                       % (name, done, STREAMS))
+                if name == "gateway":
+                    want = out0 + STREAMS * EVENTS
+                    try:
+                        gw.wait_metric("tollgate_tokens_total", want, 15.0,
+                                       consumer="bench", direction="output")
+                    except Exception:
+                        raise RuntimeError("metered %d output tokens, the upstream sent %d"
+                                           % (gw.tokens(consumer="bench")[1] - out0,
+                                              STREAMS * EVENTS))
+                res[name].append({"us_per_event": sum(cpu) / events * 1e6, "events": events,
+                                  "haproxy_us": cpu[0] / events * 1e6, "gap_p99": p99(gaps)})
+        # aborted streams: settled with an estimate of what was seen
+        out0 = gw.tokens(consumer="bench")[1]
+        events, _, _ = run_streams(gw.port, setups["gateway"][2], ABORTS,
+                                   cut_after=EVENTS // 2)
+        H.wait_for(lambda: gw.tokens(consumer="bench")[1] > out0, 15.0, 0.1,
+                   "an estimate for the aborted streams")
+        time.sleep(1.0)
+        res["aborted"] = {"streams": ABORTS, "events_seen": events,
+                          "output_tokens": gw.tokens(consumer="bench")[1] - out0}
+    finally:
+        env.close(failed=False)
+    return res
+
+
+def main():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        print("RESULT " + json.dumps(one_version(sys.argv[2])))
+        return 0
+    versions = (os.environ.get("HAPROXY_VERSIONS") or os.environ.get("HAPROXY") or
+                "haproxy").split()
+    rows, failed = [], 0
+    for hp in versions:
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", hp],
+                           capture_output=True, text=True)
+        line = [l for l in r.stdout.split("\n") if l.startswith("RESULT ")]
+        if r.returncode != 0 or not line:
+            print("streams: %s failed:\n%s%s" % (hp, r.stdout[-3000:], r.stderr[-3000:]))
+            failed = 1
+            continue
+        rows.append(json.loads(line[0][7:]))
+    print()
+    print("Streams: %d concurrent, %d events each %d ms apart, %d rounds (medians); "
+          "CPU per delivered event from /proc" % (STREAMS, EVENTS, DELAY_MS, ROUNDS))
+    print()
+    print("| HAProxy | plain HAProxy µs/event | gateway (HAProxy + agent) µs/event | of which "
+          "HAProxy | ratio (target ≤ 1.5×) | event gap p99 plain, gateway | usage "
+          "| %d streams cut at half |" % ABORTS)
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        pl = median([x["us_per_event"] for x in r["plain"]])
+        gw = median([x["us_per_event"] for x in r["gateway"]])
+        a = r["aborted"]
+        print("| %s | %.1f | %.1f | %.1f | %.2f× | %.1f, %.1f ms | exact | %d events seen, "
+              "%d output tokens estimated |" % (
+                  r["haproxy"], pl, gw, median([x["haproxy_us"] for x in r["gateway"]]), gw / pl,
+                  median([x["gap_p99"] for x in r["plain"]]),
+                  median([x["gap_p99"] for x in r["gateway"]]),
+                  a["events_seen"], a["output_tokens"]))
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
