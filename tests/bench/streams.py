@@ -29,7 +29,8 @@ exactly; then ABORTS streams cut after half their events are settled with an
 estimate (output tokens > 0, from the characters seen).
 
 Targets (issue 9): CPU per event, gateway / plain <= 1.5x (stretch 1.2x).
-Knobs: STREAMS (200), EVENTS (200), DELAY_MS (10), ROUNDS (3), ABORTS (20).
+Knobs: STREAMS (200), EVENTS (200), DELAY_MS (10), ROUNDS (3), ABORTS (20),
+MAX_BODY (the gateway's haproxy.max_body; default: the YAML's default).
 """
 import json
 import os
@@ -131,7 +132,9 @@ def one_version(haproxy):
             G.provider("up", up.http_port, ["pk-bench"], path="/mock/v1"),
             {"bench": KEY},
             [{"name": "r", "provider": "up", "models": ["bench-*"],
-              "auth": {"enabled": True, "allow": ["bench"]}}]))
+              "auth": {"enabled": True, "allow": ["bench"]}}],
+            haproxy={"max_body": int(os.environ["MAX_BODY"])} if os.environ.get("MAX_BODY")
+            else None))
         plain_port = H.free_port()
         plain = env.haproxy(
             "global\n    maxconn 4096\n    nbthread %d\n"
