@@ -36,31 +36,6 @@ bool net_is_unix(const char *addr, const char **path)
 	return false;
 }
 
-static int listen_unix(const char *path, char *err, size_t errlen)
-{
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	int fd;
-
-	if (strlen(path) >= sizeof(sun.sun_path)) {
-		snprintf(err, errlen, "unix socket path too long: %s", path);
-		return -1;
-	}
-	memcpy(sun.sun_path, path, strlen(path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM, 0);
-	if (fd < 0)
-		goto fail;
-	unlink(path);   /* a stale socket from a previous run */
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 1024) < 0 ||
-	    net_set_nonblock(fd) < 0)
-		goto fail;
-	return fd;
-fail:
-	snprintf(err, errlen, "unix socket %s: %s", path, strerror(errno));
-	if (fd >= 0)
-		close(fd);
-	return -1;
-}
-
 int net_resolve(const char *addr, bool connect_to, struct sockaddr_storage *sa,
                 socklen_t *salen, char *err, size_t errlen)
 {
@@ -127,16 +102,18 @@ int net_listen(const char *addr, bool reuseport, char *err, size_t errlen)
 	const char *path;
 	int fd, one = 1;
 
-	if (net_is_unix(addr, &path))
-		return listen_unix(path, err, errlen);
 	if (net_resolve(addr, false, &sa, &salen, err, errlen) != 0)
 		return -1;
 	fd = socket(sa.ss_family, SOCK_STREAM, 0);
 	if (fd < 0)
 		goto fail;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (reuseport)
-		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (net_is_unix(addr, &path)) {
+		unlink(path);   /* a stale socket from a previous run */
+	} else {
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (reuseport)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	}
 	if (bind(fd, (struct sockaddr *)&sa, salen) < 0 || listen(fd, 1024) < 0 ||
 	    net_set_nonblock(fd) < 0)
 		goto fail;
