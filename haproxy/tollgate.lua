@@ -90,51 +90,33 @@ local function json_str_chars(d, i)
 	return n, i
 end
 
+-- the first member from pos named by the quoted key in d whose value
+-- matches pat (anchored just after the key): pat's capture, or nil
+local function member(d, key, pat, pos)
+	pos = pos or 1
+	while true do
+		local _, e = d:find(key, pos, true)
+		if not e then return nil end
+		local v = d:match(pat, e + 1)
+		if v then return v end
+		pos = e + 1
+	end
+end
+
 -- total characters of the string values of the given keys (quoted) in d
 local function count_fields(d, keys)
 	local total = 0
 	for i = 1, #keys do
 		local pos = 1
 		while true do
-			local _, e = d:find(keys[i], pos, true)
-			if not e then break end
-			local _, v = d:find('^%s*:%s*"', e + 1)
-			if v then
-				local n, nxt = json_str_chars(d, v + 1)
-				total = total + n
-				pos = nxt
-			else
-				pos = e + 1
-			end
+			local start = member(d, keys[i], '^%s*:%s*"()', pos)
+			if not start then break end
+			local n, nxt = json_str_chars(d, start)
+			total = total + n
+			pos = nxt
 		end
 	end
 	return total
-end
-
--- the object (text) that is the value of the member named by the quoted
--- key in d: the first such member whose value is an object
-local function member_object(d, key)
-	local pos = 1
-	while true do
-		local _, e = d:find(key, pos, true)
-		if not e then return nil end
-		local obj = d:match('^%s*:%s*(%b{})', e + 1)
-		if obj then return obj end
-		pos = e + 1
-	end
-end
-
--- the value of the first member named by the quoted key in d whose value
--- is a string without escapes
-local function member_string(d, key)
-	local pos = 1
-	while true do
-		local _, e = d:find(key, pos, true)
-		if not e then return nil end
-		local v = d:match('^%s*:%s*"([^"]*)"', e + 1)
-		if v then return v end
-		pos = e + 1
-	end
 end
 
 -- the end of the next SSE event in s from pos: a blank line, "\n\n" with
@@ -225,14 +207,14 @@ function Tollgate:sse_event(txn, ev)
 	local d, etype = event_fields(ev)
 	if not d or d == "[DONE]" then return false end
 
-	local usage = member_object(d, '"usage"')
+	local usage = member(d, '"usage"', '^%s*:%s*(%b{})')
 	if usage then self:set_usage(txn, usage_numbers(usage)) end
 
 	local n = 0
 	if d:find('"choices"', 1, true) then
 		n = count_fields(d, CHOICE_KEYS)
 	else
-		local t = etype or member_string(d, '"type"')
+		local t = etype or member(d, '"type"', '^%s*:%s*"([^"]*)"')
 		if t then
 			if t:sub(-6) == ".delta" then
 				n = count_fields(d, DELTA_KEYS)
