@@ -43,6 +43,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 sys.path.insert(0, os.path.join(HERE, "..", "pylib"))
+from benchlib import cpu_seconds, median, per_version  # noqa: E402
 
 DURATION = int(os.environ.get("DURATION", "8"))
 UPLOADERS = int(os.environ.get("UPLOADERS", "2"))
@@ -53,12 +54,6 @@ STREAMS = int(os.environ.get("STREAMS", "1000"))
 UPLOADS50 = int(os.environ.get("UPLOADS50", "50"))
 MIB = 1 << 20
 KEY = "bench-large-key"
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
 
 
 def rss_kib(pid):
@@ -121,11 +116,6 @@ def wrk_p99(port, lua, seconds):
         raise RuntimeError("wrk: %s%s" % (out, r.stderr))
     v = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
     return v, int(reqs.group(1))
-
-
-def median(v):
-    v = sorted(v)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 class Uploads:
@@ -311,21 +301,7 @@ def mib(kib):
 
 def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-    if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        print("RESULT " + json.dumps(one_version(sys.argv[2])))
-        return 0
-    versions = (os.environ.get("HAPROXY_VERSIONS") or os.environ.get("HAPROXY") or
-                "haproxy").split()
-    rows, failed = [], 0
-    for hp in versions:
-        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", hp],
-                           capture_output=True, text=True)
-        line = [l for l in r.stdout.split("\n") if l.startswith("RESULT ")]
-        if r.returncode != 0 or not line:
-            print("large_bodies: %s failed:\n%s%s" % (hp, r.stdout[-3000:], r.stderr[-3000:]))
-            failed = 1
-            continue
-        rows.append(json.loads(line[0][7:]))
+    rows, failed = per_version(__file__, one_version, "large_bodies")
     print()
     print("Large prompts (defaults: haproxy.max_body 4 MiB). Small p99: wrk, one connection, "
           "%d s runs, median of %d rounds; 4 MiB uploads paced at %g/s by %d clients, "

@@ -37,13 +37,13 @@ import os
 import resource
 import selectors
 import socket
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 sys.path.insert(0, os.path.join(HERE, "..", "pylib"))
+from benchlib import cpu_seconds, median, per_version  # noqa: E402
 
 STREAMS = int(os.environ.get("STREAMS", "200"))
 EVENTS = int(os.environ.get("EVENTS", "200"))
@@ -51,17 +51,6 @@ DELAY_MS = int(os.environ.get("DELAY_MS", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 ABORTS = int(os.environ.get("ABORTS", "20"))
 KEY = "bench-stream-key"
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
-
-
-def median(v):
-    v = sorted(v)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def request(path, headers, events):
@@ -192,21 +181,7 @@ def one_version(haproxy):
 
 def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-    if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        print("RESULT " + json.dumps(one_version(sys.argv[2])))
-        return 0
-    versions = (os.environ.get("HAPROXY_VERSIONS") or os.environ.get("HAPROXY") or
-                "haproxy").split()
-    rows, failed = [], 0
-    for hp in versions:
-        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", hp],
-                           capture_output=True, text=True)
-        line = [l for l in r.stdout.split("\n") if l.startswith("RESULT ")]
-        if r.returncode != 0 or not line:
-            print("streams: %s failed:\n%s%s" % (hp, r.stdout[-3000:], r.stderr[-3000:]))
-            failed = 1
-            continue
-        rows.append(json.loads(line[0][7:]))
+    rows, failed = per_version(__file__, one_version, "streams")
     print()
     print("Streams: %d concurrent, %d events each %d ms apart, %d rounds (medians); "
           "CPU per delivered event from /proc" % (STREAMS, EVENTS, DELAY_MS, ROUNDS))
