@@ -58,6 +58,7 @@
 #define BACKOFF_MIN     0.05        /* s, doubled per failed attempt... */
 #define BACKOFF_MAX     2.0         /* ...up to this (reset by a good reply) */
 #define CONNECT_TIMEOUT 1.0         /* s, at least (hiredis 0.14 has none) */
+#define KNOWN_SLOTS     4096        /* quota balances remembered (a power of 2) */
 #define SILENT_DROP     5.0         /* s without any reply + a failed probe: reconnect */
 #define TICK            1.0         /* s */
 #define LOG_INTERVAL    10.0        /* s: one line per distinct trouble per interval */
@@ -149,7 +150,18 @@ struct errlog {
  * quota it could not check is charged to Redis later. */
 struct local_quota {
 	char key[STORE_KEY_MAX];
+	int64_t estimate;
 	double w_in, w_out;
+};
+
+/* What Redis last said a quota balance has left (balance - reserved, from an
+ * admission's answer or a quota call), less the estimates this instance
+ * admitted locally since: failure_mode local refuses a quota it knows spent
+ * instead of admitting it unchecked. Direct-mapped (KNOWN_SLOTS): a key
+ * whose slot another key took is unknown again, and admitted unchecked. */
+struct known_quota {
+	char key[STORE_KEY_MAX];
+	int64_t remaining;
 };
 
 struct local_rid {
@@ -157,6 +169,8 @@ struct local_rid {
 	ev_tstamp forget_at;
 	bool reserved;               /* the local store holds a reservation */
 	bool settled;
+	bool queued;                 /* not a local admission: a Redis reservation whose
+	                                settlement waits in the replay queue */
 	unsigned nq;
 	char rid[64];
 	struct local_quota q[];
@@ -211,6 +225,7 @@ struct rstore {
 
 	struct local_rid **rids;
 	size_t rids_cap, rids_len;
+	struct known_quota **known;  /* KNOWN_SLOTS of them */
 
 	ev_timer tick;
 	struct store_redis_stats st;
@@ -1148,6 +1163,23 @@ static int rids_insert(struct rstore *s, struct local_rid *e)
 	return 0;
 }
 
+static void rids_remove(struct rstore *s, const char *rid)
+{
+	struct local_rid **pp;
+
+	if (!s->rids_len)
+		return;
+	for (pp = &s->rids[rid_hash(rid) & (s->rids_cap - 1)]; *pp; pp = &(*pp)->next)
+		if (strcmp((*pp)->rid, rid) == 0) {
+			struct local_rid *e = *pp;
+
+			*pp = e->next;
+			free(e);
+			s->rids_len--;
+			return;
+		}
+}
+
 /* Forget local admissions past their lease + grace (all of them: `all`). */
 static void rids_sweep(struct rstore *s, bool all)
 {
@@ -1221,15 +1253,29 @@ static int queue_new(struct rstore *s, const struct replay_item *proto)
 	return 0;
 }
 
+/* A settlement that must wait for Redis. Its rid is remembered until it is
+ * replayed, so that a second settlement of it meanwhile (the settlement
+ * record after the SPOP message) is answered STORE_DUPLICATE, as Redis would
+ * answer it: the caller counts the usage once, as Redis charges it once. */
 static int queue_settle(struct rstore *s, const char *rid, int64_t in, int64_t out)
 {
 	struct replay_item it;
+	struct local_rid *e;
 
 	memset(&it, 0, sizeof(it));
 	snprintf(it.rid, sizeof(it.rid), "%s", rid);
 	it.in = in;
 	it.out = out;
-	return queue_new(s, &it);
+	if (queue_new(s, &it) != 0)
+		return -1;
+	if (!rids_find(s, rid) && (e = calloc(1, sizeof(*e)))) {
+		snprintf(e->rid, sizeof(e->rid), "%s", rid);
+		e->queued = e->settled = true;
+		e->forget_at = ev_now(s->loop) + GRACE_MS / 1000.;
+		if (rids_insert(s, e) != 0)
+			free(e);
+	}
+	return 0;
 }
 
 static void queue_charges(struct rstore *s, const struct local_rid *e, int64_t in, int64_t out)
@@ -1269,6 +1315,16 @@ static void replay_kick(struct rstore *s)
 }
 
 /* A replayed item's outcome: `ok` (applied, or known to need nothing). */
+/* A replayed settlement: Redis has it (or never will), and answers its
+ * repeats itself. */
+static void forget_queued(struct rstore *s, const struct replay_item *it)
+{
+	const struct local_rid *e = it->charge ? NULL : rids_find(s, it->rid);
+
+	if (e && e->queued)
+		rids_remove(s, it->rid);
+}
+
 static void replay_done(struct call *c, bool ok, enum fail_kind why)
 {
 	struct rstore *s = c->s;
@@ -1278,15 +1334,50 @@ static void replay_done(struct call *c, bool ok, enum fail_kind why)
 	s->replay_inflight--;
 	if (ok) {
 		s->st.replayed++;
+		forget_queued(s, it);
 		free(it);
 	} else if (why == FAIL_REPLY && ++it->tries >= REPLAY_TRIES) {
 		log_error("redis store: replayed %s of %s refused by Redis; dropped",
 		          it->charge ? "quota charge" : "settlement", it->rid);
 		s->st.dropped++;
+		forget_queued(s, it);
 		free(it);
 	} else {
 		queue_push(s, it, why != FAIL_REPLY);
 	}
+}
+
+/* ------------------------------------------------------ known balances */
+
+static struct known_quota **known_slot(struct rstore *s, const char *key)
+{
+	return s->known ? &s->known[rid_hash(key) & (KNOWN_SLOTS - 1)] : NULL;
+}
+
+static struct known_quota *known_find(struct rstore *s, const char *key)
+{
+	struct known_quota **k = known_slot(s, key);
+
+	return k && *k && strcmp((*k)->key, key) == 0 ? *k : NULL;
+}
+
+static void known_set(struct rstore *s, const char *key, int64_t remaining)
+{
+	struct known_quota **k = known_slot(s, key);
+
+	if (!k || (!*k && !(*k = malloc(sizeof(**k)))))
+		return;
+	snprintf((*k)->key, sizeof((*k)->key), "%s", key);
+	(*k)->remaining = remaining;
+}
+
+/* The quota buckets' states of an admission's answer. */
+static void known_from_admit(struct rstore *s, const struct store_admit_req *req,
+                             const struct store_admit_res *res)
+{
+	for (unsigned i = 0; i < req->n; i++)
+		if (req->b[i].window_ms == 0)
+			known_set(s, req->b[i].key, res->st[i].remaining);
 }
 
 /* ------------------------------------------------------- local decisions */
@@ -1327,6 +1418,13 @@ static void on_local_admit(const struct store_admit_res *lres, void *arg)
 	              ? la->map[lres->refused] : -1;
 	for (unsigned i = 0; i < la->nsub; i++)
 		res.st[la->map[i]] = lres->st[i];
+	if (!res.err && res.admitted)
+		for (unsigned i = 0; i < la->e->nq; i++) {
+			struct known_quota *k = known_find(s, la->e->q[i].key);
+
+			if (k)
+				k->remaining -= la->e->q[i].estimate;
+		}
 	if (res.err || !res.admitted) {
 		free(la->e);
 	} else if (rids_insert(s, la->e) != 0) {
@@ -1356,8 +1454,25 @@ static void admit_local(struct rstore *s, const struct store_admit_req *req,
 		cb(&none, arg);
 		return;
 	}
-	for (unsigned i = 0; i < req->n; i++)
-		nq += req->b[i].window_ms == 0;
+	for (unsigned i = 0; i < req->n; i++) {
+		const struct store_bucket *b = &req->b[i];
+		const struct known_quota *k;
+
+		if (b->window_ms > 0)
+			continue;
+		nq++;
+		k = known_find(s, b->key);
+		if (k && (req->strict ? k->remaining - b->estimate < 0 : k->remaining <= 0)) {
+			free(la);
+			memset(&none, 0, sizeof(none));
+			none.refused = (int)i;
+			none.st[i].remaining = k->remaining;
+			s->st.fallback_local++;
+			s->st.refused_local++;
+			cb(&none, arg);
+			return;
+		}
+	}
 	if (!la || !(la->e = calloc(1, sizeof(*la->e) + nq * sizeof(struct local_quota)))) {
 		free(la);
 		admit_open(s, req, cb, arg);
@@ -1379,6 +1494,7 @@ static void admit_local(struct rstore *s, const struct store_admit_req *req,
 			struct local_quota *q = &la->e->q[la->e->nq++];
 
 			snprintf(q->key, sizeof(q->key), "%s", b->key);
+			q->estimate = b->estimate;
 			q->w_in = clamp_weight(b->w_in);
 			q->w_out = clamp_weight(b->w_out);
 			continue;
@@ -1597,6 +1713,8 @@ static void admit_reply(struct call *c, const redisReply *r)
 		return;
 	}
 	call_answered(c);
+	if (rc == 0)
+		known_from_admit(c->s, c->req, &res);
 	if (rc > 0) {
 		log_warn("redis store: reservation id %s reused, request not admitted", c->req->rid);
 		memset(&res, 0, sizeof(res));
@@ -1654,6 +1772,7 @@ static void quota_reply(struct call *c, const redisReply *r)
 		return;
 	}
 	call_answered(c);
+	known_set(c->s, c->key, v);
 	c->cb.quota(0, v, c->arg);
 }
 
@@ -1708,12 +1827,19 @@ static void late_reply(struct call *c, const redisReply *r)
 	struct rstore *s = c->s;
 	struct call *rel;
 
+	struct store_admit_res res;
+
 	if (!r)
 		return;
 	s->st.late_replies++;
 	s->last_reply = ev_now(s->loop);
-	if (c->kind != CALL_ADMIT || r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
-	    r->element[0]->type != REDIS_REPLY_INTEGER || r->element[0]->integer != 1)
+	if (c->kind != CALL_ADMIT || admit_parse(r, c->req->n, &res) != 0)
+		return;
+	/* the newest word on the quotas; an admission is released below */
+	for (unsigned i = 0; res.admitted && i < c->req->n; i++)
+		res.st[i].remaining += c->req->b[i].window_ms == 0 ? c->req->b[i].estimate : 0;
+	known_from_admit(s, c->req, &res);
+	if (!res.admitted)
 		return;
 	if (!s->ac || !(rel = calloc(1, sizeof(*rel))))
 		return;
@@ -1871,7 +1997,10 @@ static void redis_settle(void *impl, const char *rid, int64_t in, int64_t out,
 	in = clamp(in, AMOUNT_MAX);
 	out = clamp(out, AMOUNT_MAX);
 	if ((e = rids_find(s, rid))) {
-		settle_local(s, e, in, out, cb, arg);
+		if (e->queued)
+			cb(STORE_DUPLICATE, arg);
+		else
+			settle_local(s, e, in, out, cb, arg);
 		return;
 	}
 	if (!usable(s) || !(c = call_new(s, CALL_SETTLE, arg))) {
@@ -1967,6 +2096,9 @@ static void redis_free(void *impl)
 		free(it);
 	rids_sweep(s, true);
 	free(s->rids);
+	for (size_t i = 0; s->known && i < KNOWN_SLOTS; i++)
+		free(s->known[i]);
+	free(s->known);
 	free(s->host);
 	free(s->master_name);
 	for (unsigned i = 0; i < s->n_sentinels; i++)
@@ -2035,6 +2167,7 @@ struct store *store_redis_open(struct ev_loop *loop, const struct tg_store_cfg *
 	}
 	s->username = dup_or_null(cfg->username, &oom);
 	s->password = dup_or_null(cfg->password, &oom);
+	oom |= !(s->known = calloc(KNOWN_SLOTS, sizeof(*s->known)));
 	if (oom) {
 		redis_free(s);
 		snprintf(err, errlen, "redis store: out of memory");

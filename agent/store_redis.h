@@ -91,9 +91,12 @@
  * follows cfg->failure_mode:
  *   local   the rate buckets go to `local_fallback` (an embedded store) with
  *           limits scaled by this instance's share (store_redis_set_local_
- *           share); quota buckets cannot be checked (the balance lives in
- *           Redis): they are admitted, and the quota charge of the request
- *           is queued when it settles. Without local_fallback: as open.
+ *           share); a quota bucket is checked against what Redis last said
+ *           it had left (an admission's answer, a quota call), less the
+ *           estimates admitted locally since: refused when that is spent,
+ *           admitted unchecked when Redis never said (4096 keys kept,
+ *           direct-mapped); the quota charge of a local admission is
+ *           queued when it settles. Without local_fallback: as open.
  *   open    admitted unchecked (res.err 0, admitted) -- counted
  *   closed  res.err = -1 (the caller answers 503) -- counted
  * Settlements of local admissions go to the local store. A settlement of a
@@ -158,6 +161,7 @@ struct store_redis_stats {
 	int64_t last_latency_us;        /* round trip of the last successful call */
 	/* decisions taken without Redis (DESIGN: every one is counted) */
 	uint64_t fallback_local;        /* admissions decided by the local store */
+	uint64_t refused_local;         /* ... of them refused: a quota Redis said was spent */
 	uint64_t fallback_open;         /* admitted unchecked */
 	uint64_t fallback_closed;       /* refused (err -1) */
 	uint64_t settled_local;         /* settlements of local admissions */

@@ -1106,6 +1106,10 @@ CASE(redis_paused)
 	RUN_UNTIL(so.calls > 0, 1);
 	CHECK(so.calls == 1 && so.rc == STORE_QUEUED && so.t - so.t0 < 0.005 * tscale);
 	CHECK(stats(st).queue_len == 1);
+	/* its second settlement (the record after the SPOP message) while the
+	 * first waits: a duplicate, as Redis will answer it, not queued again */
+	CHECK(settle(st, "p-redis", 100, 20) == STORE_DUPLICATE);
+	CHECK(stats(st).queue_len == 1 && stats(st).queued == 1);
 
 	redis_signal(SIGCONT);
 	RUN_UNTIL(breaker_is(st, STORE_REDIS_CLOSED) && stats(st).queue_len == 0 &&
@@ -1119,6 +1123,65 @@ CASE(redis_paused)
 	CHECK(strcmp(cmd("HLEN tollgate:v1:inf:chat_quota:p"), "0") == 0);
 	CHECK(strcmp(cmd("GET chat_quota:p"), "880") == 0);  /* 1000 - 120, exactly once */
 	CHECK(settle(st, "p-redis", 100, 20) == STORE_DUPLICATE);
+	close_store(st);
+}
+
+/* failure_mode local and a quota: what Redis last said the balance had
+ * left (an admission's answer, a quota call), less what was admitted
+ * locally since, is enforced; a quota Redis never spoke of is admitted
+ * unchecked; every local admission's charge still reaches Redis. */
+CASE(local_quota_last_known_balance)
+{
+	struct fake f;
+	struct store local = { &fake_ops, &f };
+	struct store *st;
+	struct store_admit_req req;
+	struct store_admit_res r;
+	int adm = 0, refused = 0;
+
+	memset(&f, 0, sizeof(f));
+	st = open_store(TG_FAIL_LOCAL, &local, 50, 2, 200);
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	CHECK(quota(st, QSET, "chat_quota:kq", 35).err == 0);     /* known: 35 */
+	req_init(&req, "kq-redis", 600000, false);
+	req_quota(&req, "chat_quota:kq", 10, 1, 1);
+	CHECK(admit(st, &req).admitted);                            /* Redis: 25 left */
+
+	redis_signal(SIGSTOP);
+	for (int i = 0; i < 6; i++) {          /* 25, 15, 5 admitted; -5 refused */
+		snprintf(req.rid, sizeof(req.rid), "kq-local-%d", i);
+		r = admit(st, &req);
+		CHECK(r.err == 0);
+		if (r.admitted) {
+			adm++;
+		} else {
+			refused++;
+			CHECK(r.refused == 0 && r.st[0].remaining == -5);
+		}
+	}
+	CHECK(adm == 3 && refused == 3);
+	CHECK(stats(st).fallback_local == 6 && stats(st).refused_local == 3);
+	/* strict: the estimate must fit; a key Redis never spoke of passes */
+	req_init(&req, "kq-strict", 600000, true);
+	req_quota(&req, "chat_quota:kq", 1, 1, 1);
+	CHECK(!admit(st, &req).admitted);
+	req_init(&req, "kq-unknown", 600000, true);
+	req_quota(&req, "chat_quota:never-seen", 1000, 1, 1);
+	CHECK(admit(st, &req).admitted);
+	for (int i = 0; i < 3; i++) {
+		char rid[64];
+
+		snprintf(rid, sizeof(rid), "kq-local-%d", i);
+		CHECK(settle(st, rid, 4, 4) == STORE_SETTLED);      /* 8 each, charged later */
+	}
+	redis_signal(SIGCONT);
+	RUN_UNTIL(breaker_is(st, STORE_REDIS_CLOSED) && stats(st).queue_len == 0, 5);
+	CHECK(stats(st).queue_len == 0);
+	/* 35 - 24 charged; the Redis reservation (10) still held */
+	CHECK(strcmp(cmd("GET chat_quota:kq"), "11") == 0);
+	CHECK(quota(st, QGET, "chat_quota:kq", 0).balance == 11);
 	close_store(st);
 }
 
@@ -1339,6 +1402,7 @@ int main(void)
 	        sliding_window, lease_expiry_and_late_settlement, settle_exactly_once, rid_reused,
 	        key_listed_twice, quota_balance, auth_and_select, noscript_recovery,
 	        concurrency_three_connections, close_with_calls_in_flight, redis_paused, redis_killed,
+	        local_quota_last_known_balance,
 	        local_fallback_store_mem, bench_admissions_per_second,
 	        every_callback_exactly_once);
 	redis_kill();
