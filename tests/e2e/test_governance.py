@@ -37,9 +37,13 @@ What it proves:
     the usage the mock upstream charged, exactly. These pairs use
     store.timeout_ms 250 so that they measure what Redis admits; three more
     pairs with the defaults (timeout_ms 50, failure_mode local) take the
-    same bursts (concurrency_redis_default_deadline): there a Redis call
-    that misses its deadline under the burst is decided locally, and the
-    failure message says how many did;
+    same bursts (concurrency_redis_default_deadline): there the bound must
+    hold too, unless Redis calls missed the 50 ms deadline under the burst
+    (a loaded machine: measured once in 40 runs, in a container on CI);
+    then they were decided by failure_mode local, and every request beyond
+    the bound must be one of those counted decisions
+    (tollgate_store_fallback_decisions_total), the overshoot is noted, and
+    the counts must still settle exactly;
   - the window slides: with token_per_second, a burst that fills the limit
     late in one wall-clock second and a second burst 0.6 s later (in the
     next wall-clock second, where a fixed window would have started afresh)
@@ -317,7 +321,8 @@ def minute_limit_reset_within_the_minute(c):
 def why(c, pairs):
     """The likely cause of an overshoot: Redis calls that missed their
     deadline were decided by store.failure_mode (local: this agent's share
-    of the rate limit, quota unchecked), on top of what Redis admitted."""
+    of the rate limit, the quota against the balance Redis last reported),
+    on top of what Redis admitted."""
     if not c.store_errors:
         return ""
     deadline = pairs[0].cfg.get("store", {}).get("timeout_ms", 50)
@@ -338,17 +343,42 @@ def store_errors(pairs):
     return int(sum(gw.metric("tollgate_store_errors_total") for gw in pairs))
 
 
+def fallbacks(pairs):
+    """Admissions decided without Redis, over the agents."""
+    return int(sum(gw.metric("tollgate_store_fallback_decisions_total") for gw in pairs))
+
+
+def check_bound(c, pairs, consumer, admitted, limit, what, deadline_may_miss):
+    """At most one request beyond the limit; where the deadline may be
+    missed (the default 50 ms on a loaded machine), the requests beyond it
+    must each be a counted decision taken without Redis."""
+    beyond = admitted - (limit + COST)
+    if beyond > 0 and deadline_may_miss and c.store_errors:
+        note("%s: %d request(s) beyond the bound, decided by failure_mode local after %d "
+             "Redis calls missed the 50 ms deadline (%d decisions without Redis counted)"
+             % (consumer, -(-beyond // COST), c.store_errors, c.fallbacks))
+        assert beyond <= c.fallbacks * COST, \
+            "%s: %d tokens admitted %s %d: %d requests beyond the bound, only %d " \
+            "decisions without Redis counted%s" % (
+                consumer, admitted, what, limit, -(-beyond // COST), c.fallbacks, why(c, pairs))
+        return
+    assert beyond <= 0, \
+        "%s: %d tokens admitted %s %d: more than one request (%d) beyond%s" % (
+            consumer, admitted, what, limit, COST, why(c, pairs))
+
+
 def conc_burst(c, pairs, consumer, body, hdrs):
     key = CONC[consumer]
     headers = dict(hdrs, **{"x-api-key": key, "x-mock-delay-ms": str(DELAY_MS)})
     nrec = len(c.up.requests())
     jobs = [(lambda gw=pairs[i % len(pairs)]: V.timed_post(gw, body, headers, 30.0))
             for i in range(N_REQ)]
-    err0 = store_errors(pairs)
+    err0, fb0 = store_errors(pairs), fallbacks(pairs)
     t0 = time.monotonic()
     res = V.burst(jobs, timeout=90.0)
     took = time.monotonic() - t0
     c.store_errors = store_errors(pairs) - err0
+    c.fallbacks = fallbacks(pairs) - fb0
     errors = [r.error for r in res if r.error]
     assert not errors, "%s: %d client errors, first %r" % (consumer, len(errors), errors[0])
     statuses = {}
@@ -367,7 +397,7 @@ def check_settled(c, pairs, consumer, expected, red, rule):
                    10.0, 0.1, "Redis window of %s == %d" % (consumer, expected))
 
 
-def concurrency_rl(c, pairs, consumer, red):
+def concurrency_rl(c, pairs, consumer, red, deadline_may_miss=False):
     res, statuses, nrec, took = conc_burst(c, pairs, consumer, RL_BODY, RL_HDRS)
     bad = {s: n for s, n in statuses.items() if s not in (200, 429)}
     recs = records_of(c, consumer, nrec)
@@ -380,9 +410,7 @@ def concurrency_rl(c, pairs, consumer, red):
     assert not bad, "%s: answers other than 200/429: %r" % (consumer, statuses)
     assert len(recs) == ok, "%d answers 200 but the upstream saw %d" % (ok, len(recs))
     assert all(V.mock_cost(r) == COST for r in recs)
-    assert admitted <= LIMIT + COST, \
-        "%s: %d tokens admitted for a limit of %d: more than one request (%d) beyond%s" % (
-            consumer, admitted, LIMIT, COST, why(c, pairs))
+    check_bound(c, pairs, consumer, admitted, LIMIT, "for a limit of", deadline_may_miss)
     assert admitted > LIMIT - COST, \
         "%s: only %d tokens admitted for a limit of %d (requests refused below the limit)" % (
             consumer, admitted, LIMIT)
@@ -390,11 +418,13 @@ def concurrency_rl(c, pairs, consumer, red):
         if r.status == 429:
             ra = int(r.headers.get("Retry-After") or 0)
             assert 1 <= ra <= 61, ("Retry-After", ra)
-    check_settled(c, pairs, consumer, admitted, red, "conc_rule")
+    # the Redis window holds what Redis admitted; a local decision's usage
+    # is in that agent's local store (store_redis.h, "Failure")
+    check_settled(c, pairs, consumer, admitted, None if c.fallbacks else red, "conc_rule")
     assert V.settlements_sum(pairs, "unknown") == 0
 
 
-def concurrency_quota(c, pairs, consumer, red):
+def concurrency_quota(c, pairs, consumer, red, deadline_may_miss=False):
     q0 = LIMIT
     pairs[0].set_quota(consumer, q0)
     if red is not None:
@@ -414,9 +444,7 @@ def concurrency_quota(c, pairs, consumer, red):
         if r.status == 403:
             assert G.error_json(r.body)["message"] == \
                 "Request denied by ai quota check, No quota left", r.body
-    assert admitted <= q0 + COST, \
-        "%s: %d tokens admitted on a balance of %d: more than one request (%d) beyond%s" % (
-            consumer, admitted, q0, COST, why(c, pairs))
+    check_bound(c, pairs, consumer, admitted, q0, "on a balance of", deadline_may_miss)
     assert admitted > q0 - COST, \
         "%s: only %d tokens admitted on a balance of %d" % (consumer, admitted, q0)
     # the balance is exactly what the provider charged
@@ -466,10 +494,11 @@ def concurrency_redis_6_pairs(c):
 def concurrency_redis_default_deadline(c):
     """The same bursts over three pairs with the store's defaults
     (timeout_ms 50, failure_mode local): DESIGN's bound (one request
-    beyond the limit) still holds, or the Redis calls that missed the
-    deadline under the burst were turned into extra admissions."""
-    concurrency_rl(c, c.dpairs, "conc-rl-dflt-3", c.red)
-    concurrency_quota(c, c.dpairs, "conc-q-dflt-3", c.red)
+    beyond the limit) still holds, unless Redis calls missed the deadline
+    under the burst: then every request beyond it is a counted decision
+    of failure_mode local, and the counts still settle exactly."""
+    concurrency_rl(c, c.dpairs, "conc-rl-dflt-3", c.red, deadline_may_miss=True)
+    concurrency_quota(c, c.dpairs, "conc-q-dflt-3", c.red, deadline_may_miss=True)
 
 
 # ------------------------------------------------------------- estimate
