@@ -67,7 +67,7 @@ verdict=$(grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$work/src/te
 case "$verdict" in
 *" passed, 0 failed, "*) say "make test: $verdict" ;;
 "") fail "make test printed no verdict" ;;
-*) fail "make test: $verdict" ;;
+*) fail "make test: $verdict; failed: $(grep -E '^   FAIL: ' "$work/src/test.log" | sed 's/^   FAIL: //' | grep -v ' exited with status ' | tr '\n' ' ')" ;;
 esac
 # make demo: the walkthrough's first call
 answer=""

@@ -31,7 +31,7 @@ TIMEOUT=${TEST_MODULE_TIMEOUT:-900}
 ROOT=${TESTS_ROOT:-tests}
 log=$(mktemp -d)
 trap 'rm -rf "$log"' EXIT
-pass=0; fail=0; skip=0; modules=0
+pass=0; fail=0; skip=0; modules=0; failed=""
 
 [ -n "${TESTS_FILTER:-}" ] &&
 	echo "note: TESTS_FILTER=$TESTS_FILTER is set: the other cases are skipped"
@@ -81,6 +81,8 @@ judge() {
 		echo "   --- output of $label (last 40 lines) ---"; tail -n 40 "$out" | sed 's/^/   | /'
 	fi
 	pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
+	[ "$f" -ne 0 ] && failed="$failed $label:$(grep '^FAIL: ' "$out" | cut -d' ' -f2 | tr '\n' ',')"
+	return 0
 }
 
 run_one() { # $1 = label, rest = command
@@ -98,7 +100,7 @@ missing() { # $1 = label, $2 = what is missing
 	modules=$((modules + 1))
 	echo "== $1"
 	echo "   FAIL: $1 ($2)"
-	fail=$((fail + 1))
+	fail=$((fail + 1)); failed="$failed $1"
 }
 
 for src in "$ROOT"/unit/test_*.c; do
@@ -117,6 +119,9 @@ for dir in ${TEST_DIRS:-runner conformance e2e}; do
 done
 [ -f "$ROOT"/fuzz/run.sh ] && run_one "fuzz" sh "$ROOT"/fuzz/run.sh
 
+# the failures again, by name, next to the verdict (a log's tail is often
+# all that is shown of it)
+[ -n "$failed" ] && echo "failed:$failed"
 echo "$pass passed, $fail failed, $skip skipped"
 if [ "$modules" -eq 0 ]; then
 	echo "no test module matched TESTS=${TESTS:-}" >&2
