@@ -2,8 +2,11 @@
  * the failure policy are in store_redis.h; the scripts in store_redis_lua.h.
  *
  * Shape. One hiredis async connection on the agent's loop carries every
- * call, pipelined: a call is one command (EVALSHA of one script, or a plain
- * GET/SET/INCRBY/PING) and one round trip. A call (struct call) has two
+ * call, pipelined. The scripted calls (admit, settle, release, replay) one
+ * loop iteration makes go at its end in ONE command, the batch script
+ * (store_redis_lua.h), which runs each as its own script would, in order;
+ * a call made alone goes as its own EVALSHA, and the others (GET, SET,
+ * INCRBY, PING) go at once. One round trip an iteration, not a request. A call (struct call) has two
  * halves that end separately: its ANSWER (the caller's callback, exactly
  * once: reply, deadline, failure or close) and its REPLY (hiredis cannot
  * cancel a command, it always calls back, with NULL when the connection
@@ -73,12 +76,16 @@
 #define RID_MAX         64          /* as store.h's rid[] */
 #define ARGS_MAX        (11 + 8 * STORE_MAX_BUCKETS)
 #define ARGS_BUF        (16 * 1024)
+#define BATCH_MAX       64          /* calls in one batch script call */
 
 /* ------------------------------------------------------------------ types */
 
-enum script_id { SCRIPT_ADMIT, SCRIPT_SETTLE, SCRIPT_CHARGE, SCRIPT_N };
+/* The batch script runs the three others (store_redis_lua.h): its text is
+ * put together at open (batch_script()), and the ids are its `fns` indices
+ * less one. */
+enum script_id { SCRIPT_ADMIT, SCRIPT_SETTLE, SCRIPT_CHARGE, SCRIPT_BATCH, SCRIPT_N };
 
-static const struct { const char *name, *text; size_t len; } script_src[SCRIPT_N] = {
+static const struct { const char *name, *text; size_t len; } script_src[SCRIPT_BATCH] = {
 	{ "admit", STORE_REDIS_LUA_ADMIT, sizeof(STORE_REDIS_LUA_ADMIT) - 1 },
 	{ "settle", STORE_REDIS_LUA_SETTLE, sizeof(STORE_REDIS_LUA_SETTLE) - 1 },
 	{ "charge", STORE_REDIS_LUA_CHARGE, sizeof(STORE_REDIS_LUA_CHARGE) - 1 },
@@ -229,6 +236,14 @@ struct rstore {
 
 	ev_timer tick;
 	struct store_redis_stats st;
+
+	/* scripted calls made during this loop iteration: sent at its end, in
+	 * one batch script call (or alone, when only one was made) */
+	char *batch_text;
+	size_t batch_len;
+	struct call **wait;
+	unsigned n_wait, cap_wait;
+	ev_prepare flush;
 };
 
 static void call_done(struct call *c);
@@ -353,22 +368,35 @@ static void args_fmt(struct args *a, const char *fmt, ...)
 	a->used += (size_t)n + 1;
 }
 
-/* EVALSHA when Redis has the script, EVAL (which loads it) until then;
- * slots 0 and 1 were left free by script_args(). */
-static void args_script(struct rstore *s, struct args *a, enum script_id id)
+static const char *script_name(enum script_id id)
+{
+	return id == SCRIPT_BATCH ? "batch" : script_src[id].name;
+}
+
+static const char *script_text(const struct rstore *s, enum script_id id, size_t *len)
+{
+	if (id == SCRIPT_BATCH) {
+		*len = s->batch_len;
+		return s->batch_text;
+	}
+	*len = script_src[id].len;
+	return script_src[id].text;
+}
+
+/* EVALSHA when Redis has the script, EVAL (which loads it) until then. */
+static void script_cmd(const struct rstore *s, enum script_id id, const char **argv, size_t *len)
 {
 	const struct script *sc = &s->scripts[id];
 
 	if (sc->sha[0]) {
-		a->argv[0] = "EVALSHA";
-		a->len[0] = 7;
-		a->argv[1] = sc->sha;
-		a->len[1] = 40;
+		argv[0] = "EVALSHA";
+		len[0] = 7;
+		argv[1] = sc->sha;
+		len[1] = 40;
 	} else {
-		a->argv[0] = "EVAL";
-		a->len[0] = 4;
-		a->argv[1] = script_src[id].text;
-		a->len[1] = script_src[id].len;
+		argv[0] = "EVAL";
+		len[0] = 4;
+		argv[1] = script_text(s, id, &len[1]);
 	}
 }
 
@@ -399,71 +427,62 @@ static int send_args(struct call *c, struct args *a)
 	return 0;
 }
 
-static int send_admit(struct call *c)
+/* A scripted call's command, but for its first two words (script_cmd()):
+ * the key count, the keys, the arguments. */
+static void build_admit(const struct call *c, struct args *a)
 {
 	const struct store_admit_req *req = c->req;
-	struct rstore *s = c->s;
-	struct args a;
+	const struct rstore *s = c->s;
 
-	script_args(&a, 2 + 2 * req->n);
-	args_fmt(&a, PREFIX "res:%s", req->rid);
-	args_fmt(&a, PREFIX "done:%s", req->rid);
+	script_args(a, 2 + 2 * req->n);
+	args_fmt(a, PREFIX "res:%s", req->rid);
+	args_fmt(a, PREFIX "done:%s", req->rid);
 	for (unsigned i = 0; i < req->n; i++) {
 		const struct store_bucket *b = &req->b[i];
 
 		if (b->window_ms > 0)
-			args_fmt(&a, PREFIX "win:%s", b->key);
+			args_fmt(a, PREFIX "win:%s", b->key);
 		else
-			args_str(&a, b->key);
-		args_fmt(&a, PREFIX "inf:%s", b->key);
+			args_str(a, b->key);
+		args_fmt(a, PREFIX "inf:%s", b->key);
 	}
-	args_str(&a, req->rid);
-	args_fmt(&a, "%lld", (long long)(req->lease_ms > 0 ? req->lease_ms : 1));
-	args_str(&a, req->strict ? "1" : "0");
-	args_fmt(&a, "%u", req->n);
-	args_fmt(&a, "%lld", (long long)s->test_now);
-	args_fmt(&a, "%d", GRACE_MS);
+	args_str(a, req->rid);
+	args_fmt(a, "%lld", (long long)(req->lease_ms > 0 ? req->lease_ms : 1));
+	args_str(a, req->strict ? "1" : "0");
+	args_fmt(a, "%u", req->n);
+	args_fmt(a, "%lld", (long long)s->test_now);
+	args_fmt(a, "%d", GRACE_MS);
 	for (unsigned i = 0; i < req->n; i++) {
 		const struct store_bucket *b = &req->b[i];
 
-		args_str(&a, b->key);
-		args_fmt(&a, "%lld", (long long)b->window_ms);
-		args_fmt(&a, "%lld", (long long)clamp(b->limit, LIMIT_MAX));
-		args_fmt(&a, "%lld", (long long)clamp(b->estimate, AMOUNT_MAX));
-		args_fmt(&a, "%.17g", clamp_weight(b->w_in));
-		args_fmt(&a, "%.17g", clamp_weight(b->w_out));
+		args_str(a, b->key);
+		args_fmt(a, "%lld", (long long)b->window_ms);
+		args_fmt(a, "%lld", (long long)clamp(b->limit, LIMIT_MAX));
+		args_fmt(a, "%lld", (long long)clamp(b->estimate, AMOUNT_MAX));
+		args_fmt(a, "%.17g", clamp_weight(b->w_in));
+		args_fmt(a, "%.17g", clamp_weight(b->w_out));
 	}
-	args_script(s, &a, SCRIPT_ADMIT);
-	return send_args(c, &a);
 }
 
-static int send_settle(struct call *c)
+static void build_settle(const struct call *c, struct args *a)
 {
-	struct args a;
-
-	script_args(&a, 2);
-	args_fmt(&a, PREFIX "res:%s", c->rid);
-	args_fmt(&a, PREFIX "done:%s", c->rid);
-	args_str(&a, c->rid);
-	args_fmt(&a, "%lld", (long long)c->in);
-	args_fmt(&a, "%lld", (long long)c->out);
-	args_fmt(&a, "%lld", (long long)c->s->test_now);
-	args_fmt(&a, "%d", DONE_MS);
-	args_script(c->s, &a, SCRIPT_SETTLE);
-	return send_args(c, &a);
+	script_args(a, 2);
+	args_fmt(a, PREFIX "res:%s", c->rid);
+	args_fmt(a, PREFIX "done:%s", c->rid);
+	args_str(a, c->rid);
+	args_fmt(a, "%lld", (long long)c->in);
+	args_fmt(a, "%lld", (long long)c->out);
+	args_fmt(a, "%lld", (long long)c->s->test_now);
+	args_fmt(a, "%d", DONE_MS);
 }
 
-static int send_charge(struct call *c)
+static void build_charge(const struct call *c, struct args *a)
 {
-	struct args a;
-
-	script_args(&a, 2);
-	args_str(&a, c->item->key);
-	args_fmt(&a, PREFIX "chg:%s:%u", c->item->rid, c->item->idx);
-	args_fmt(&a, "%lld", (long long)c->item->amount);
-	args_fmt(&a, "%d", MARKER_MS);
-	args_script(c->s, &a, SCRIPT_CHARGE);
-	return send_args(c, &a);
+	script_args(a, 2);
+	args_str(a, c->item->key);
+	args_fmt(a, PREFIX "chg:%s:%u", c->item->rid, c->item->idx);
+	args_fmt(a, "%lld", (long long)c->item->amount);
+	args_fmt(a, "%d", MARKER_MS);
 }
 
 static int send_plain(struct call *c)
@@ -491,21 +510,6 @@ static int send_plain(struct call *c)
 	return send_args(c, &a);
 }
 
-static int call_send(struct call *c)
-{
-	switch (c->kind) {
-	case CALL_ADMIT:
-		return send_admit(c);
-	case CALL_SETTLE:
-	case CALL_RELEASE:
-		return send_settle(c);
-	case CALL_REPLAY:
-		return c->item->charge ? send_charge(c) : send_settle(c);
-	default:
-		return send_plain(c);
-	}
-}
-
 static enum script_id call_script(const struct call *c)
 {
 	if (c->kind == CALL_ADMIT)
@@ -513,6 +517,254 @@ static enum script_id call_script(const struct call *c)
 	if (c->kind == CALL_REPLAY && c->item->charge)
 		return SCRIPT_CHARGE;
 	return SCRIPT_SETTLE;
+}
+
+static enum script_id build_call(const struct call *c, struct args *a)
+{
+	enum script_id id = call_script(c);
+
+	if (id == SCRIPT_ADMIT)
+		build_admit(c, a);
+	else if (id == SCRIPT_CHARGE)
+		build_charge(c, a);
+	else
+		build_settle(c, a);
+	return id;
+}
+
+/* --------------------------------------------------------------- batching
+ *
+ * A scripted call (admit, settle, release, replay) waits in s->wait until
+ * the end of the loop iteration that made it (an ev_prepare: it runs when
+ * every callback of the iteration has), where the iteration's calls go in
+ * one batch script call (BATCH_MAX at most; one alone goes as itself). A
+ * waiting call counts in `pending` as a sent one does: what answers it
+ * meanwhile (its deadline, a close) cannot free it. Each call keeps its own
+ * deadline and answer; the batch's reply is split, element i to call i, and
+ * each goes the way its own reply would (reply_one()). */
+
+struct batch {
+	struct rstore *s;
+	unsigned n;
+	struct call *c[];
+};
+
+/* A growing array of (offset, length) strings in one buffer. */
+struct strs {
+	char *buf;
+	size_t used, cap;
+	size_t *off, *len;
+	unsigned n, cap_n;
+	bool oom;
+};
+
+static void strs_push(struct strs *v, const char *p, size_t len)
+{
+	if (v->n == v->cap_n) {
+		unsigned cap = v->cap_n ? 2 * v->cap_n : 256;
+		size_t *off = realloc(v->off, cap * sizeof(*off));
+		size_t *ln = off ? realloc(v->len, cap * sizeof(*ln)) : NULL;
+
+		if (off)
+			v->off = off;
+		if (!ln) {
+			v->oom = true;
+			return;
+		}
+		v->len = ln;
+		v->cap_n = cap;
+	}
+	if (v->used + len > v->cap) {
+		size_t cap = v->cap ? v->cap : 4096;
+		char *b;
+
+		while (cap < v->used + len)
+			cap *= 2;
+		if (!(b = realloc(v->buf, cap))) {
+			v->oom = true;
+			return;
+		}
+		v->buf = b;
+		v->cap = cap;
+	}
+	memcpy(v->buf + v->used, p, len);
+	v->off[v->n] = v->used;
+	v->len[v->n++] = len;
+	v->used += len;
+}
+
+static void strs_num(struct strs *v, long long x)
+{
+	char t[24];
+
+	strs_push(v, t, (size_t)snprintf(t, sizeof(t), "%lld", x));
+}
+
+static void strs_free(struct strs *v)
+{
+	free(v->buf);
+	free(v->off);
+	free(v->len);
+}
+
+static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata);
+static void reply_one(struct call *c, redisReply *r);
+
+/* One call alone, as its own script (its `pending` counted already). */
+static int send_one(struct call *c)
+{
+	struct rstore *s = c->s;
+	struct args a;
+	enum script_id id = build_call(c, &a);
+
+	script_cmd(s, id, a.argv, a.len);
+	if (a.overflow) {
+		log_error("redis store: command too large (%s)", c->req ? c->req->rid : c->rid);
+		return -1;
+	}
+	if (!s->ac || redisAsyncCommandArgv(s->ac, on_reply, c, a.argc, a.argv, a.len) != REDIS_OK)
+		return -1;
+	s->st.sent++;
+	return 0;
+}
+
+/* n > 1 calls in one batch script call. */
+static int send_batch(struct rstore *s, struct call **calls, unsigned n)
+{
+	struct strs keys = { 0 }, args = { 0 };
+	struct batch *b = malloc(sizeof(*b) + n * sizeof(*b->c));
+	const char **argv = NULL;
+	size_t *len = NULL;
+	unsigned argc = 0;
+	int rc = -1;
+	struct args a;
+
+	if (!b)
+		return -1;
+	strs_num(&args, n);
+	for (unsigned i = 0; i < n; i++) {
+		enum script_id id = build_call(calls[i], &a);
+		unsigned nk = (unsigned)atoi(a.argv[2]);
+
+		if (a.overflow || 3 + nk > (unsigned)a.argc)
+			goto out;
+		strs_num(&args, id + 1);
+		strs_num(&args, nk);
+		strs_num(&args, a.argc - 3 - nk);
+		for (int j = 3; j < a.argc; j++)
+			strs_push((unsigned)j < 3 + nk ? &keys : &args, a.argv[j], a.len[j]);
+	}
+	if (keys.oom || args.oom ||
+	    !(argv = malloc((4 + keys.n + args.n) * sizeof(*argv))) ||
+	    !(len = malloc((4 + keys.n + args.n) * sizeof(*len))))
+		goto out;
+	script_cmd(s, SCRIPT_BATCH, argv, len);
+	argc = 2;
+	{
+		char nk[16];
+
+		len[argc] = (size_t)snprintf(nk, sizeof(nk), "%u", keys.n);
+		argv[argc++] = nk;
+		for (unsigned i = 0; i < keys.n; i++, argc++) {
+			argv[argc] = keys.buf + keys.off[i];
+			len[argc] = keys.len[i];
+		}
+		for (unsigned i = 0; i < args.n; i++, argc++) {
+			argv[argc] = args.buf + args.off[i];
+			len[argc] = args.len[i];
+		}
+		b->s = s;
+		b->n = n;
+		memcpy(b->c, calls, n * sizeof(*calls));
+		if (s->ac && redisAsyncCommandArgv(s->ac, on_batch_reply, b, (int)argc, argv, len) == REDIS_OK) {
+			s->st.sent++;
+			s->st.batches++;
+			s->st.batched += n;
+			b = NULL;
+			rc = 0;
+		}
+	}
+out:
+	free(b);
+	free(argv);
+	free(len);
+	strs_free(&keys);
+	strs_free(&args);
+	return rc;
+}
+
+static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	struct rstore *s = w->data;
+
+	(void)revents;
+	/* a call failed here may make another: the loop takes it too */
+	while (s->n_wait) {
+		struct call **calls = s->wait;
+		unsigned n = s->n_wait;
+
+		s->wait = NULL;
+		s->n_wait = s->cap_wait = 0;
+		for (unsigned i = 0; i < n; i += BATCH_MAX) {
+			unsigned k = n - i < BATCH_MAX ? n - i : BATCH_MAX;
+
+			if ((k == 1 ? send_one(calls[i]) : send_batch(s, calls + i, k)) != 0)
+				for (unsigned j = i; j < i + k; j++)
+					reply_one(calls[j], NULL);
+		}
+		free(calls);
+	}
+	ev_prepare_stop(loop, w);
+}
+
+/* Fail the calls still waiting (the store closes). */
+static void batch_drop(struct rstore *s)
+{
+	ev_prepare_stop(s->loop, &s->flush);
+	while (s->n_wait)
+		reply_one(s->wait[--s->n_wait], NULL);
+	free(s->wait);
+	s->wait = NULL;
+	s->cap_wait = 0;
+}
+
+static int batch_add(struct call *c)
+{
+	struct rstore *s = c->s;
+
+	if (!s->ac || s->closing)
+		return -1;
+	if (s->n_wait == s->cap_wait) {
+		unsigned cap = s->cap_wait ? 2 * s->cap_wait : 64;
+		struct call **w = realloc(s->wait, cap * sizeof(*w));
+
+		if (!w) {
+			c->pending++;
+			if (send_one(c) == 0)
+				return 0;
+			c->pending--;
+			return -1;
+		}
+		s->wait = w;
+		s->cap_wait = cap;
+	}
+	s->wait[s->n_wait++] = c;
+	c->pending++;
+	ev_prepare_start(s->loop, &s->flush);
+	return 0;
+}
+
+static int call_send(struct call *c)
+{
+	switch (c->kind) {
+	case CALL_ADMIT:
+	case CALL_SETTLE:
+	case CALL_RELEASE:
+	case CALL_REPLAY:
+		return batch_add(c);
+	default:
+		return send_plain(c);
+	}
 }
 
 /* --------------------------------------------------------------- breaker */
@@ -1019,15 +1271,17 @@ static void on_loaded(redisAsyncContext *ac, void *r, void *privdata)
 	if (reply->type == REDIS_REPLY_STRING && reply->len == 40) {
 		memcpy(sc->sha, reply->str, 40);
 		sc->sha[40] = 0;
-		log_debug("redis store: script %s v1 loaded as %s", script_src[sc->id].name, sc->sha);
+		log_debug("redis store: script %s v1 loaded as %s", script_name(sc->id), sc->sha);
 	}
 	setup_reply(sc->s, ac, reply, "SCRIPT LOAD");
 }
 
 static void send_script_load(struct rstore *s, enum script_id id)
 {
-	const char *argv[3] = { "SCRIPT", "LOAD", script_src[id].text };
-	size_t len[3] = { 6, 4, script_src[id].len };
+	const char *argv[3] = { "SCRIPT", "LOAD", NULL };
+	size_t len[3] = { 6, 4, 0 };
+
+	argv[2] = script_text(s, id, &len[2]);
 
 	if (s->ac)
 		redisAsyncCommandArgv(s->ac, on_loaded, &s->scripts[id], 3, argv, len);
@@ -1872,10 +2126,29 @@ static bool is_noscript(const redisReply *r)
 
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
-	struct call *c = privdata;
-	struct rstore *s = c->s;
+	(void)ac;
+	reply_one(privdata, r);
+}
+
+static void on_batch_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct batch *b = privdata;
+	redisReply *rep = r;
+	bool each = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == b->n;
 
 	(void)ac;
+	if (is_noscript(rep) && !b->s->closing)
+		send_script_load(b->s, SCRIPT_BATCH);
+	for (unsigned i = 0; i < b->n; i++)
+		reply_one(b->c[i], each ? rep->element[i] : rep);
+	free(b);
+}
+
+/* A call's reply (NULL: none will come), alone or from a batch. */
+static void reply_one(struct call *c, redisReply *r)
+{
+	struct rstore *s = c->s;
+
 	c->pending--;
 	if (is_noscript(r) && retry_noscript(c) == 0)
 		return;
@@ -2072,6 +2345,7 @@ static void redis_free(void *impl)
 	if (!s)
 		return;
 	s->closing = true;
+	batch_drop(s);
 	ev_timer_stop(s->loop, &s->reconnect);
 	ev_timer_stop(s->loop, &s->connect_timeout);
 	ev_timer_stop(s->loop, &s->drop);
@@ -2099,6 +2373,7 @@ static void redis_free(void *impl)
 	for (size_t i = 0; s->known && i < KNOWN_SLOTS; i++)
 		free(s->known[i]);
 	free(s->known);
+	free(s->batch_text);
 	free(s->host);
 	free(s->master_name);
 	for (unsigned i = 0; i < s->n_sentinels; i++)
@@ -2137,6 +2412,29 @@ static void timers_init(struct rstore *s)
 	ev_timer_init(&s->tick, on_tick, TICK, TICK);
 	s->reconnect.data = s->connect_timeout.data = s->drop.data = s;
 	s->cooldown_timer.data = s->tick.data = s;
+	ev_prepare_init(&s->flush, on_flush);
+	s->flush.data = s;
+}
+
+/* The batch script: store_redis_lua.h's head, the three scripts as
+ * functions of (KEYS, ARGV), its tail. */
+static char *batch_script(size_t *len)
+{
+	static const char fn[] = "fns[%d] = function(KEYS, ARGV)\n%send\n";
+	size_t cap = sizeof(STORE_REDIS_LUA_BATCH_HEAD) + sizeof(STORE_REDIS_LUA_BATCH_TAIL);
+	char *t;
+	int n;
+
+	for (int i = 0; i < SCRIPT_BATCH; i++)
+		cap += sizeof(fn) + script_src[i].len;
+	if (!(t = malloc(cap)))
+		return NULL;
+	n = snprintf(t, cap, "%s", STORE_REDIS_LUA_BATCH_HEAD);
+	for (int i = 0; i < SCRIPT_BATCH; i++)
+		n += snprintf(t + n, cap - (size_t)n, fn, i + 1, script_src[i].text);
+	n += snprintf(t + n, cap - (size_t)n, "%s", STORE_REDIS_LUA_BATCH_TAIL);
+	*len = (size_t)n;
+	return t;
 }
 
 struct store *store_redis_open(struct ev_loop *loop, const struct tg_store_cfg *cfg,
@@ -2168,6 +2466,7 @@ struct store *store_redis_open(struct ev_loop *loop, const struct tg_store_cfg *
 	s->username = dup_or_null(cfg->username, &oom);
 	s->password = dup_or_null(cfg->password, &oom);
 	oom |= !(s->known = calloc(KNOWN_SLOTS, sizeof(*s->known)));
+	oom |= !(s->batch_text = batch_script(&s->batch_len));
 	if (oom) {
 		redis_free(s);
 		snprintf(err, errlen, "redis store: out of memory");
@@ -2223,7 +2522,7 @@ const char *store_redis_script_sha(struct store *st, const char *name)
 	struct rstore *s = st->impl;
 
 	for (int i = 0; i < SCRIPT_N; i++)
-		if (strcmp(script_src[i].name, name) == 0)
+		if (strcmp(script_name((enum script_id)i), name) == 0)
 			return s->scripts[i].sha;
 	return "";
 }

@@ -2,8 +2,8 @@
  *
  * Owns: the Redis implementation of struct store_ops (agent/store.h), its
  * one connection (hiredis async on the agent's libev loop), the Lua scripts
- * that make each admission and each settlement ONE atomic round trip
- * (agent/store_redis_lua.h), the deadline of every call, the circuit
+ * that make each admission and each settlement ONE atomic step, sent in one
+ * batch script call per loop iteration (agent/store_redis_lua.h), the deadline of every call, the circuit
  * breaker, the failure mode, and the queue of usage that could not reach
  * Redis yet. The semantics are store.h's, word for word; Redis's clock
  * (TIME) is the one clock.
@@ -146,6 +146,8 @@ enum store_redis_breaker {
 struct store_redis_stats {
 	uint64_t calls;                 /* operations asked of this store */
 	uint64_t sent;                  /* commands sent to Redis (retries, replays, probes included) */
+	uint64_t batches;               /* ... of them batch script calls (two calls or more) */
+	uint64_t batched;               /* calls sent in them */
 	uint64_t errors;                /* Redis calls failed: error reply, lost connection */
 	uint64_t timeouts;              /* Redis calls past their deadline */
 	uint64_t rejected;              /* calls not sent: breaker open or not connected */

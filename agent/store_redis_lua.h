@@ -1,7 +1,9 @@
 /* store_redis_lua.h -- the Lua scripts of the Redis store, version 1.
  *
  * Owns: what runs inside Redis. Each admission and each settlement is ONE
- * script, so it is atomic and costs one round trip (EVALSHA). The key
+ * script, so it is atomic; the ones an iteration of the agent's loop makes
+ * go together in one call of the batch script (at the end), which runs
+ * them one after the other, each as it would run alone. The key
  * layout is described in store_redis.h; the "tollgate:v1:" prefix written
  * below is the script version: change a script's data layout and the
  * prefix (and these names) change with it.
@@ -263,5 +265,39 @@ static const char STORE_REDIS_LUA_CHARGE[] =
 "  return 0\n"
 "end\n"
 "return 1\n";
+
+/* batch: the admissions, settlements and charges one iteration of the
+ * agent's loop sends, in ONE script call (one command for Redis to parse
+ * and dispatch instead of one each). store_redis.c (batch_script()) puts
+ * the three scripts above, unchanged, into `fns` as functions of (KEYS,
+ * ARGV), between this head and this tail. Each call runs exactly as its
+ * own EVALSHA would, in order; a call whose script raises an error gets
+ * that error as its element and the others are unaffected (each script
+ * writes only after its checks, as when it runs alone).
+ *   KEYS     every call's keys, one call after the other
+ *   ARGV     n, then per call: script (1 admit, 2 settle, 3 charge), its
+ *            key count, its argument count, its arguments
+ * Returns n elements: what each script returned, or its error. */
+static const char STORE_REDIS_LUA_BATCH_HEAD[] =
+"-- tollgate batch v1\n"
+"local fns = {}\n";
+
+static const char STORE_REDIS_LUA_BATCH_TAIL[] =
+"local out, k, a = {}, 0, 2\n"
+"for i = 1, tonumber(ARGV[1]) do\n"
+"  local f, nk, na = fns[tonumber(ARGV[a])], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n"
+"  local keys, args = {}, {}\n"
+"  for j = 1, nk do keys[j] = KEYS[k + j] end\n"
+"  for j = 1, na do args[j] = ARGV[a + 2 + j] end\n"
+"  k, a = k + nk, a + 3 + na\n"
+"  local ok, r = pcall(f, keys, args)\n"
+"  if not ok then\n"
+"    if type(r) == 'table' and r.err then out[i] = r\n"
+"    else out[i] = { err = 'ERR batch call ' .. i .. ': ' .. tostring(r) } end\n"
+"  else\n"
+"    out[i] = r\n"
+"  end\n"
+"end\n"
+"return out\n";
 
 #endif

@@ -905,6 +905,73 @@ static int count_calls(const struct admit_out *o, int n)
 	return sum;
 }
 
+/* The calls of one loop iteration go in one batch script call: each is
+ * answered as it would be alone, a call whose script fails (a quota key
+ * holding a hash: WRONGTYPE) fails alone, and a batch Redis lost its
+ * scripts for (SCRIPT FLUSH) is sent again, once, after loading them. */
+CASE(batch_answers_each_call_as_alone)
+{
+	struct store *st = open_default();
+	struct store_admit_req req[4];
+	struct admit_out o[4];
+	struct store_redis_stats s0, s1;
+
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	CHECK(admit1(st, "bt-warm", "tollgate:{bt}:rl:r:0:k:60000", 1000, 60000, 1, false).admitted);
+	CHECK(strcmp(cmd("SET chat_quota:bt-ok 100"), "OK") == 0);
+	CHECK(strcmp(cmd("HSET chat_quota:bt-hash f 1"), "1") == 0);
+	for (int i = 0; i < 4; i++) {
+		char rid[64];
+
+		snprintf(rid, sizeof(rid), "bt-%d", i);
+		req_init(&req[i], rid, 600000, false);
+		req_rate(&req[i], "tollgate:{bt}:rl:r:0:k:60000", 1000, 60000, 10);
+		req_quota(&req[i], i == 2 ? "chat_quota:bt-hash" : "chat_quota:bt-ok", 10, 1, 1);
+	}
+	s0 = stats(st);
+	for (int i = 0; i < 4; i++)
+		admit_start(st, &req[i], &o[i]);
+	RUN_UNTIL(count_calls(o, 4) == 4, 2);
+	s1 = stats(st);
+	CHECK(s1.batches == s0.batches + 1 && s1.batched == s0.batched + 4);
+	for (int i = 0; i < 4; i++)
+		CHECK(o[i].calls == 1 && (i == 2 ? o[i].res.err == -1 : o[i].res.admitted));
+	CHECK(o[3].res.st[0].reserved == 31 && o[3].res.st[1].remaining == 70);
+	CHECK(s1.errors == s0.errors + 1);
+	/* the settlements of one iteration, in one batch too */
+	{
+		struct settle_out so[3];
+
+		for (int i = 0; i < 3; i++) {
+			issued++;
+			memset(&so[i], 0, sizeof(so[i]));
+			so[i].t0 = ev_time();
+			st->ops->settle(st->impl, req[i == 2 ? 3 : i].rid, 5, 5, settle_cb, &so[i]);
+		}
+		RUN_UNTIL(so[0].calls + so[1].calls + so[2].calls == 3, 2);
+		for (int i = 0; i < 3; i++)
+			CHECK(so[i].calls == 1 && so[i].rc == STORE_SETTLED);
+		CHECK(stats(st).batches == s1.batches + 1);
+		CHECK(strcmp(cmd("GET chat_quota:bt-ok"), "70") == 0);
+	}
+	/* Redis lost its scripts: the batch comes back NOSCRIPT, each call is
+	 * sent again once the scripts are loaded */
+	CHECK(strcmp(cmd("SCRIPT FLUSH"), "OK") == 0);
+	s0 = stats(st);
+	for (int i = 0; i < 3; i++) {
+		snprintf(req[i].rid, sizeof(req[i].rid), "bt-again-%d", i);
+		req[i].n = 1;
+		admit_start(st, &req[i], &o[i]);
+	}
+	RUN_UNTIL(count_calls(o, 3) == 3, 2);
+	for (int i = 0; i < 3; i++)
+		CHECK(o[i].calls == 1 && o[i].res.admitted && o[i].res.err == 0);
+	CHECK(stats(st).noscript == s0.noscript + 3 && stats(st).errors == s0.errors);
+	close_store(st);
+}
+
 /* 3 connections, 200 admissions pipelined against one budget: what is
  * admitted beyond the limit is at most one request. */
 static void race(const char *key, bool strict, int64_t limit, int64_t est, int *n_admitted)
@@ -1402,7 +1469,7 @@ int main(void)
 	        sliding_window, lease_expiry_and_late_settlement, settle_exactly_once, rid_reused,
 	        key_listed_twice, quota_balance, auth_and_select, noscript_recovery,
 	        concurrency_three_connections, close_with_calls_in_flight, redis_paused, redis_killed,
-	        local_quota_last_known_balance,
+	        local_quota_last_known_balance, batch_answers_each_call_as_alone,
 	        local_fallback_store_mem, bench_admissions_per_second,
 	        every_callback_exactly_once);
 	redis_kill();
