@@ -59,8 +59,8 @@
  * Redis Cluster is not supported: hiredis 0.14 has no cluster client, and
  * the reservation record is found from the rid alone, so it cannot share
  * the bucket keys' hash tag (the rate keys built by admit.c do carry one;
- * a quota prefix would need one too). Use a standalone Redis, a primary
- * behind a proxy that keeps one request's keys on one node, or Sentinel.
+ * a quota prefix would need one too), and a batch (store_redis.c) holds
+ * many requests' keys. Use a standalone Redis, or Sentinel.
  *
  * Sentinel (cfg->n_sentinels > 0, "redis-sentinel://S1,S2/MASTER"): every
  * connection attempt first asks a sentinel for the master's address

@@ -6,8 +6,9 @@
 # loopback ports in a temp dir. The same gateway serves two routes to the same
 # upstream (the agent's built-in `mock` provider) for the same consumer:
 #   governed  ai-token-ratelimit (limit never reached) + ai-quota (balance never
-#             exhausted), both in Redis: one Lua round trip to admit, one to
-#             settle, per request
+#             exhausted), both in Redis: a Lua script to admit, one to settle,
+#             per request; the agent sends the ones of a loop iteration in one
+#             batch script call (agent/store_redis.c)
 #   plain     no plugin ("governance off"): authenticated and metered only --
 #             but the agent still reserves and settles a meter bucket, in Redis
 #             when Redis is the store (exactly-once settlement), so this is not
@@ -31,8 +32,9 @@
 # error here), BENCH_STRICT (0), KEEP (1: keep the temp dir).
 #
 # Besides wrk's numbers the table shows Redis's side, from INFO commandstats
-# reset before each run: EVALSHA calls per request (admission, settlement from
-# the SPOP response, the duplicate from HAProxy's record) and the microseconds
+# reset before each run: EVALSHA calls per request (admissions, settlements
+# from the SPOP response and duplicates from HAProxy's record, batched: below 1
+# under load) and the microseconds
 # Redis spent in them per request -- on a shared Redis that is the ceiling of
 # all the gateways together.
 set -u

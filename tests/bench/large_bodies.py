@@ -33,8 +33,6 @@ import json
 import os
 import re
 import resource
-import selectors
-import socket
 import subprocess
 import sys
 import threading
@@ -43,7 +41,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 sys.path.insert(0, os.path.join(HERE, "..", "pylib"))
-from benchlib import cpu_seconds, median, per_version  # noqa: E402
+from benchlib import cpu_seconds, median, per_version, run_streams  # noqa: E402
 
 DURATION = int(os.environ.get("DURATION", "8"))
 UPLOADERS = int(os.environ.get("UPLOADERS", "2"))
@@ -159,33 +157,7 @@ def open_streams(port, n, delay_ms, tokens):
            KEY.encode() + b"\r\ncontent-type: application/json\r\nx-mock-delay-ms: " +
            str(delay_ms).encode() + b"\r\nconnection: close\r\ncontent-length: " +
            str(len(body)).encode() + b"\r\n\r\n" + body)
-    sel = selectors.DefaultSelector()
-    socks = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(req)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, bytearray())
-        socks.append(s)
-    done, deadline = 0, time.monotonic() + 60
-    open_n = n
-    while open_n and time.monotonic() < deadline:
-        for key, _ in sel.select(1.0):
-            try:
-                data = key.fileobj.recv(65536)
-            except BlockingIOError:
-                continue
-            if data:
-                key.data.extend(data)
-                continue
-            if b"[DONE]" in key.data:
-                done += 1
-            sel.unregister(key.fileobj)
-            key.fileobj.close()
-            open_n -= 1
-    for s in socks:
-        s.close()
-    return done
+    return run_streams(port, req, n, 60)[1]
 
 
 def one_version(haproxy):

@@ -35,15 +35,13 @@ MAX_BODY (the gateway's haproxy.max_body; default: the YAML's default).
 import json
 import os
 import resource
-import selectors
-import socket
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 sys.path.insert(0, os.path.join(HERE, "..", "pylib"))
-from benchlib import cpu_seconds, median, per_version  # noqa: E402
+from benchlib import cpu_seconds, median, per_version, run_streams  # noqa: E402
 
 STREAMS = int(os.environ.get("STREAMS", "200"))
 EVENTS = int(os.environ.get("EVENTS", "200"))
@@ -51,6 +49,7 @@ DELAY_MS = int(os.environ.get("DELAY_MS", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 ABORTS = int(os.environ.get("ABORTS", "20"))
 KEY = "bench-stream-key"
+TIMEOUT = 60 + EVENTS * DELAY_MS / 1000.0   # s, for a round of streams
 
 
 def request(path, headers, events):
@@ -61,47 +60,6 @@ def request(path, headers, events):
             "x-mock-words: %d\r\nx-mock-delay-ms: %d\r\n%sconnection: close\r\n"
             "content-length: %d\r\n\r\n%s" % (path, events, DELAY_MS, head, len(body), body)
             ).encode()
-
-
-def run_streams(port, req, n, cut_after=None):
-    """n concurrent streams; returns (events received, streams that ended
-    with [DONE], gaps between a stream's events in ms). cut_after: close
-    each stream once it has received that many events."""
-    sel = selectors.DefaultSelector()
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(req)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, {"buf": b"", "events": 0, "last": None})
-    events, done, gaps, open_n = 0, 0, [], n
-    deadline = time.monotonic() + 60 + EVENTS * DELAY_MS / 1000.0
-    while open_n and time.monotonic() < deadline:
-        for key, _ in sel.select(1.0):
-            st, s = key.data, key.fileobj
-            try:
-                data = s.recv(65536)
-            except BlockingIOError:
-                continue
-            now = time.monotonic()
-            if data:
-                got = data.count(b"data: ")
-                if got:
-                    if st["last"] is not None and st["events"] >= 2:
-                        gaps.append((now - st["last"]) * 1000.0)
-                    st["last"] = now
-                    st["events"] += got
-                st["buf"] = (st["buf"] + data)[-64:]
-                if cut_after is None or st["events"] < cut_after:
-                    continue
-            events += st["events"]
-            if b"[DONE]" in st["buf"]:
-                done += 1
-            sel.unregister(s)
-            s.close()
-            open_n -= 1
-    for key in list(sel.get_map().values()):
-        key.fileobj.close()
-    return events, done, gaps
 
 
 def p99(v):
@@ -140,13 +98,13 @@ def one_version(haproxy):
             "gateway": (gw.port, [gw.haproxy.pid, gw.agent.pid],
                         request("/v1/chat/completions", {"x-api-key": KEY}, EVENTS)),
         }
-        run_streams(gw.port, setups["gateway"][2], 4)            # warm up both
-        run_streams(plain_port, setups["plain"][2], 4)
+        run_streams(gw.port, setups["gateway"][2], 4, TIMEOUT)            # warm up both
+        run_streams(plain_port, setups["plain"][2], 4, TIMEOUT)
         for _ in range(ROUNDS):
             for name, (port, pids, req) in setups.items():
                 out0 = gw.tokens(consumer="bench")[1]
                 c0 = [cpu_seconds(p) for p in pids]
-                events, done, gaps = run_streams(port, req, STREAMS)
+                events, done, gaps = run_streams(port, req, STREAMS, TIMEOUT)
                 cpu = [cpu_seconds(p) - c for p, c in zip(pids, c0)]
                 if done != STREAMS:
                     raise RuntimeError("%s: %d of %d streams ended with [DONE]"
@@ -167,7 +125,7 @@ def one_version(haproxy):
         if not ABORTS:
             return res
         out0 = gw.tokens(consumer="bench")[1]
-        events, _, _ = run_streams(gw.port, setups["gateway"][2], ABORTS,
+        events, _, _ = run_streams(gw.port, setups["gateway"][2], ABORTS, TIMEOUT,
                                    cut_after=EVENTS // 2)
         H.wait_for(lambda: gw.tokens(consumer="bench")[1] > out0, 15.0, 0.1,
                    "an estimate for the aborted streams")
