@@ -20,7 +20,7 @@ BUILD    ?= build
 OPT      ?= -O2 -g
 SAN      ?=
 CFLAGS_ALL = -std=c11 $(OPT) $(SAN) -Wall -Wextra -Werror -D_GNU_SOURCE -Ispoe -Iagent $(CPPFLAGS) $(CFLAGS)
-LDLIBS_ALL = $(LDFLAGS) -lev -lhiredis -lmsgpackc -lcjson -lyaml -lm -lpthread $(LDLIBS)
+LDLIBS_ALL = $(LDFLAGS) -lev -lhiredis -lmsgpackc -lcjson -lyaml -lcrypto -lz -lm -lpthread $(LDLIBS)
 
 # make install: the layout of a package (DESTDIR=staging dir, PREFIX=/usr,
 # SYSCONFDIR=/etc for Debian's; debian/rules says so).

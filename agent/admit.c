@@ -149,7 +149,8 @@ static void key_part(const struct tg_rule_item *it, const char *value, char *out
 		snprintf(out, outlen, "%s", value);
 		return;
 	}
-	sha256(value, strlen(value), d);
+	if (sha256(value, strlen(value), d) != 0)
+		memset(d, 0, sizeof(d));    /* out of memory: such values share one bucket */
 	for (int i = 0; i < 16 && (size_t)(2 * i + 2) < outlen; i++)
 		snprintf(out + 2 * i, outlen - 2 * (size_t)i, "%02x", d[i]);
 }

@@ -45,7 +45,10 @@ struct auth_table *auth_new(const struct tg_config *cfg)
 		const struct tg_consumer *c = &cfg->consumers[i];
 
 		for (size_t j = 0; j < c->n_credentials; j++, k++) {
-			sha256(c->credentials[j], strlen(c->credentials[j]), t->e[k].digest);
+			if (sha256(c->credentials[j], strlen(c->credentials[j]), t->e[k].digest) != 0) {
+				free(t);
+				return NULL;
+			}
 			t->e[k].consumer = c;
 		}
 	}
@@ -118,7 +121,8 @@ enum auth_rc auth_identify(const struct auth_table *t, const struct req_view *r,
 	}
 	if (!have)
 		return AUTH_MISSING;
-	sha256(key.ptr, key.len, probe.digest);
+	if (sha256(key.ptr, key.len, probe.digest) != 0)
+		return AUTH_UNKNOWN;            /* out of memory: no key can be matched */
 	/* Binary search for the digest; equality decided by digest_equal. */
 	lo = 0;
 	hi = t->n;

@@ -69,6 +69,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "log.h"
 #include "store_mem.h"
@@ -341,7 +342,6 @@ struct mem {
 	msgpack_packer pk;
 	size_t frame_off;
 	bool pack_failed;
-	uint32_t crc_table[256];
 };
 
 /* ----------------------------------------------------------------- time */
@@ -789,25 +789,20 @@ static bool bucket_idle(struct hnode *e, void *arg)
 
 /* ------------------------------------------------------------- encoding */
 
-static void crc_init(uint32_t t[256])
+/* CRC-32 (IEEE 802.3, the one zlib computes: files written with the
+ * table this file had before read the same) of a frame's payload. */
+static uint32_t crc32_of(const void *p, size_t n)
 {
-	for (uint32_t i = 0; i < 256; i++) {
-		uint32_t c = i;
+	uLong crc = crc32(0L, Z_NULL, 0);
 
-		for (int k = 0; k < 8; k++)
-			c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
-		t[i] = c;
+	while (n > 0) {                 /* zlib takes a uInt length */
+		uInt k = n > 0x40000000u ? 0x40000000u : (uInt)n;
+
+		crc = crc32(crc, p, k);
+		p = (const unsigned char *)p + k;
+		n -= k;
 	}
-}
-
-static uint32_t crc32_of(const uint32_t t[256], const void *p, size_t n)
-{
-	const unsigned char *c = p;
-	uint32_t crc = 0xffffffffu;
-
-	while (n--)
-		crc = t[(crc ^ *c++) & 0xff] ^ (crc >> 8);
-	return crc ^ 0xffffffffu;
+	return (uint32_t)crc;
 }
 
 static void put_le32(char *p, uint32_t v)
@@ -856,7 +851,7 @@ static int frame_end(struct mem *m)
 	len = m->sb.size - m->frame_off - FRAME_HDR;
 	put_le32(m->sb.data + m->frame_off, (uint32_t)len);
 	put_le32(m->sb.data + m->frame_off + 4,
-	         crc32_of(m->crc_table, m->sb.data + m->frame_off + FRAME_HDR, len));
+	         crc32_of(m->sb.data + m->frame_off + FRAME_HDR, len));
 	return 0;
 }
 
@@ -1608,7 +1603,7 @@ static bool all_zero(const char *p, size_t n)
 
 /* Find the next frame; TORN if what is left looks like an interrupted
  * write (short, or a bad checksum on the last frame, or zeros). */
-static enum frame_rc frame_next(const struct mem *m, struct reader *rd, const char **why)
+static enum frame_rc frame_next(struct reader *rd, const char **why)
 {
 	size_t rest = rd->len - rd->off;
 	const char *p = rd->buf + rd->off;
@@ -1630,7 +1625,7 @@ static enum frame_rc frame_next(const struct mem *m, struct reader *rd, const ch
 		*why = "bad record length";
 		return FRAME_BAD;
 	}
-	if (crc32_of(m->crc_table, rd->payload, rd->plen) != get_le32(p + 4)) {
+	if (crc32_of(rd->payload, rd->plen) != get_le32(p + 4)) {
 		*why = "checksum mismatch";
 		return rest == FRAME_HDR + rd->plen || all_zero(p, rest) ? FRAME_TORN : FRAME_BAD;
 	}
@@ -1960,7 +1955,7 @@ static enum frame_rc read_header(struct mem *m, struct reader *rd, const char *m
 	if (memcmp(rd->buf, magic, MAGIC_LEN) != 0)
 		return FRAME_BAD;
 	rd->off = MAGIC_LEN;
-	if ((rc = frame_next(m, rd, why)) != FRAME_OK)
+	if ((rc = frame_next(rd, why)) != FRAME_OK)
 		return rc == FRAME_EOF ? FRAME_TORN : rc;
 	*why = "bad header record";
 	if (frame_decode(rd, &op) < 0 || op != OP_META || rd->n != 4 || !obj_i64(&rd->a[1], &version) ||
@@ -1988,7 +1983,7 @@ static int replay_frames(struct mem *m, struct reader *rd, bool snap, bool *torn
 	int64_t op, count;
 
 	*torn = false;
-	while ((rc = frame_next(m, rd, &why)) == FRAME_OK) {
+	while ((rc = frame_next(rd, &why)) == FRAME_OK) {
 		if (frame_decode(rd, &op) < 0) {
 			why = "undecodable record";
 			break;
@@ -2167,7 +2162,6 @@ static struct mem *mem_new(const char *dir)
 	m->synced_mono = mono_ms();
 	msgpack_sbuffer_init(&m->sb);
 	msgpack_packer_init(&m->pk, m, pack_write);
-	crc_init(m->crc_table);
 	m->dir = strdup(dir);
 	m->log_path = path_join(dir, "tollgate.log");
 	m->snap_path = path_join(dir, "tollgate.snap");

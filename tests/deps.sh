@@ -19,7 +19,7 @@ set -eu
 # the Sentinel test runs Debian's redis-sentinel (where systemd runs, the
 # package also starts its own sentinel on 26379: the tests use free ports).
 PKGS="make build-essential pkg-config clang libclang-rt-14-dev
-      libev-dev libhiredis-dev libmsgpack-dev libcjson-dev libyaml-dev
+      libev-dev libhiredis-dev libmsgpack-dev libcjson-dev libyaml-dev libssl-dev zlib1g-dev
       haproxy redis-server curl wrk valgrind python3 ca-certificates openssl
       liblua5.4-0 libpcre2-8-0 libssl3 libcrypt1
       dpkg-dev debhelper systemd redis-sentinel"

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.." || exit 2
 BUILD=${BUILD:-build}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 CLANG=${CLANG:-clang}
-LIBS="-lev -lhiredis -lmsgpackc -lcjson -lyaml -lm -lpthread"
+LIBS="-lev -lhiredis -lmsgpackc -lcjson -lyaml -lcrypto -lz -lm -lpthread"
 failed=0
 
 # fuzz <target> <seed dir> <extra libFuzzer flags> <sources...>

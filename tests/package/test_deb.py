@@ -130,7 +130,8 @@ def builds_with_dpkg_buildpackage(c):
         assert re.search(r" %s(\.gz)?\n" % re.escape(path), listing), "%s not in the .deb:\n%s" % (
             path, listing)
     depends = run(["dpkg-deb", "-f", c.deb, "Depends"]).stdout
-    for lib in ("libev4", "libhiredis", "libmsgpackc", "libcjson", "libyaml", "adduser"):
+    for lib in ("libev4", "libhiredis", "libmsgpackc", "libcjson", "libyaml", "libssl3", "zlib1g",
+                "adduser"):
         assert lib in depends, "Depends lacks %s: %s" % (lib, depends)
     ctl = os.path.join(c.tmp, "control")
     assert run(["dpkg-deb", "-e", c.deb, ctl]).returncode == 0
