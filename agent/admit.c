@@ -232,9 +232,8 @@ void admit_plan(const struct tg_route *route, const struct tg_consumer *consumer
 		p->req.strict = p->req.strict || q->strict;
 		p->req.failure_mode = stricter(p->req.failure_mode, q->failure_mode);
 	}
-	if (p->req.n == 0)      /* metered all the same, and settled exactly once */
-		add_bucket(p, BUCKET_METER, "-", INT64_MAX / 4, 1000, 1., 1.,
-		           "tollgate:{%s}:meter", tag);
+	/* no bucket at all: the store still reserves the rid (store.h), so the
+	 * request is metered and settled exactly once all the same */
 }
 
 /* Seconds until the budget frees, as headers say it: rounded up, and never

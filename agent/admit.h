@@ -21,7 +21,6 @@
 enum bucket_kind {
 	BUCKET_RATE,
 	BUCKET_QUOTA,
-	BUCKET_METER,               /* no limit: only makes the reservation settle once */
 };
 
 struct bucket_meta {

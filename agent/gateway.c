@@ -250,10 +250,9 @@ static void admit_done(const struct store_admit_res *res, void *arg)
 		admit_verdict(p->route, &p->plan, res, &v);
 		report_quota(p, res);
 		for (unsigned i = 0; i < p->plan.req.n; i++)
-			if (p->plan.meta[i].kind != BUCKET_METER)
-				tel_limit_decision(p->a->metrics, p->plan.meta[i].rule,
-				                   !res->admitted && res->refused == (int)i ? "refused"
-				                   : res->admitted ? "admitted" : "skipped");
+			tel_limit_decision(p->a->metrics, p->plan.meta[i].rule,
+			                   !res->admitted && res->refused == (int)i ? "refused"
+			                   : res->admitted ? "admitted" : "skipped");
 		if (v.admitted) {
 			rewrite_body(p, clamp_output(p, res));
 			set_allow(p, &v);

@@ -14,6 +14,8 @@
  *                (strict: used + reserved + estimate <= limit)
  *   quota:       admit while balance - reserved > 0
  *                (strict: balance - reserved - estimate >= 0)
+ * A request with no bucket is admitted and still reserved (a reservation of
+ * nothing), so that it settles exactly once like the others.
  * A reservation is a lease: if nobody settles it before `lease_ms`, its
  * amounts stop counting. Settlement replaces the reserved estimate by the
  * real amount in every bucket of the reservation, once per rid.

@@ -36,7 +36,8 @@
  * At the edges: a quota key that was never set is a balance of 0 (refused);
  * a rid already reserved or remembered as settled is not admitted again
  * (res.err = -1: rids are unique per transaction, a reuse is a caller bug); a
- * request with no bucket is admitted and leaves no reservation; a negative
+ * request with no bucket is admitted and reserves nothing, but its rid, so
+ * it settles exactly once (store.h); a negative
  * estimate or usage counts as 0; a lease <= 0 lapses at the next operation;
  * a lapsed reservation is kept for an hour (same cap as settled rids) so a
  * late settlement still charges. Snapshots are written on the event loop
@@ -1245,7 +1246,7 @@ static void mem_admit(void *impl, const struct store_admit_req *req, store_admit
 			res.refused = (int)i;
 	}
 	res.admitted = res.refused < 0;
-	if (res.admitted && req->n > 0) {
+	if (res.admitted) {
 		if (admit_commit(m, req, now) < 0) {
 			memset(&res, 0, sizeof(res));
 			res.err = -1;

@@ -2232,10 +2232,9 @@ static void redis_admit(void *impl, const struct store_admit_req *req,
 	struct call *c;
 
 	s->st.calls++;
-	if (!admit_valid(req) || req->n == 0) {
+	if (!admit_valid(req)) {
 		memset(&res, 0, sizeof(res));
-		res.err = req->n == 0 && admit_valid(req) ? 0 : -1;
-		res.admitted = !res.err;
+		res.err = -1;
 		res.refused = -1;
 		cb(&res, arg);
 		return;

@@ -46,7 +46,8 @@
  * settled for at least the whole window (less than one sub-window more): no
  * double burst at a window edge. Amounts are ceil(in * w_in + out * w_out).
  * Windows, reset_ms, rounding and the edge cases (a key listed twice, a
- * reused rid -> err -1, no bucket -> admitted with no reservation) are
+ * reused rid -> err -1, no bucket -> admitted, a reservation of nothing
+ * that settles once) are
  * those of store_mem.c, so both stores answer alike.
  *
  * Settlement outcomes: SETTLED; DUPLICATE (marker present); LATE (the lease

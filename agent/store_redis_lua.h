@@ -148,7 +148,7 @@ static const char STORE_REDIS_LUA_ADMIT[] =
 "  b[i] = x\n"
 "end\n"
 "\n"
-"if refused < 0 and n > 0 then\n"
+"if refused < 0 then\n"
 "  local exp = now + lease\n"
 "  local rec, done = { string.format('%d|', exp) }, {}\n"
 "  for i = 1, n do\n"

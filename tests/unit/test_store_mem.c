@@ -491,6 +491,7 @@ CASE(exactly_once_settlement)
 
 	CHECK(admit1(s, "r1", -1, 1, false).err == -1);     /* a settled rid is not reused */
 
+
 	fake_now += STORE_MEM_DONE_MS - 1;                  /* r2 still remembered */
 	CHECK(settle(s, "r2", 1, 1) == STORE_DUPLICATE);
 	fake_now += 1;
@@ -507,6 +508,16 @@ CASE(exactly_once_settlement)
 	CHECK(st.settled == 10 && st.reservations == 0);
 	CHECK(settle(s, "b99", 0, 0) == STORE_DUPLICATE);
 	CHECK(settle(s, "b0", 0, 0) == STORE_UNKNOWN);
+
+	/* no bucket (a route without plugins): a reservation of nothing, settled
+	 * once, and so across a reopen (it is in the log) */
+	CHECK(admit(s, "nb", false, 30000, 0, NULL).admitted);
+	CHECK(admit_out.err == 0);
+	store_close(s);
+	s = reopen();
+	CHECK(settle(s, "nb", 3, 4) == STORE_SETTLED);
+	CHECK(settle(s, "nb", 3, 4) == STORE_DUPLICATE);
+	CHECK(settle(s, "nb2", 3, 4) == STORE_UNKNOWN);
 	store_close(s);
 	dir_clean();
 }

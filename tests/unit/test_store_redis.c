@@ -701,14 +701,18 @@ CASE(rid_reused)
 	r = admit1(st, "u1", k, 1000, 60000, 10, false);
 	CHECK(r.err == -1 && !r.admitted);
 	CHECK(strcmp(cmd("HLEN tollgate:v1:inf:%s", k), "0") == 0);
-	/* no bucket: admitted, nothing reserved (as store_mem) */
+	/* no bucket: admitted, a reservation of nothing that settles once (as
+	 * store_mem) */
 	{
 		struct store_admit_req req;
 
 		req_init(&req, "u2", 1000, false);
 		r = admit(st, &req);
 		CHECK(r.err == 0 && r.admitted);
-		CHECK(strcmp(cmd("EXISTS tollgate:v1:res:u2"), "0") == 0);
+		CHECK(strcmp(cmd("EXISTS tollgate:v1:res:u2"), "1") == 0);
+		CHECK(settle(st, "u2", 7, 3) == STORE_SETTLED);
+		CHECK(settle(st, "u2", 7, 3) == STORE_DUPLICATE);
+		CHECK(!admit(st, &req).admitted);                /* the rid is spent */
 	}
 	close_store(st);
 }
