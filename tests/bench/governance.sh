@@ -10,9 +10,10 @@
 #             per request; the agent sends the ones of a loop iteration in one
 #             batch script call (agent/store_redis.c)
 #   plain     no plugin ("governance off"): authenticated and metered only --
-#             but the agent still reserves and settles a meter bucket, in Redis
-#             when Redis is the store (exactly-once settlement), so this is not
-#             "no Redis": the Redis columns of the table show it
+#             but the agent still reserves the request (a reservation of
+#             nothing) and settles it, in Redis when Redis is the store
+#             (exactly-once settlement), so this is not "no Redis": the Redis
+#             columns of the table show it
 # wrk POSTs the same small chat request (max_tokens 5) to each, interleaved
 # rounds (plain, governed, plain, ...), and the script prints requests/s,
 # p50/p99 and the ratio governed/plain (median of the per-round ratios;
