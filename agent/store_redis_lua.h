@@ -271,25 +271,39 @@ static const char STORE_REDIS_LUA_CHARGE[] =
  * and dispatch instead of one each). store_redis.c (batch_script()) puts
  * the three scripts above, unchanged, into `fns` as functions of (KEYS,
  * ARGV), between this head and this tail. Each call runs exactly as its
- * own EVALSHA would, in order; a call whose script raises an error gets
- * that error as its element and the others are unaffected (each script
- * writes only after its checks, as when it runs alone).
+ * own EVALSHA would, in order, but for the clock: one TIME serves the
+ * batch (one atomic step of Redis); a call whose script raises an error gets
+ * that error as its element and the others are unaffected (what it wrote
+ * before the error stays, as when it runs alone).
  *   KEYS     every call's keys, one call after the other
  *   ARGV     n, then per call: script (1 admit, 2 settle, 3 charge), its
  *            key count, its argument count, its arguments
  * Returns n elements: what each script returned, or its error. */
 static const char STORE_REDIS_LUA_BATCH_HEAD[] =
 "-- tollgate batch v1\n"
+"if redis.replicate_commands then redis.replicate_commands() end\n"
 "local fns = {}\n";
 
 static const char STORE_REDIS_LUA_BATCH_TAIL[] =
+"-- one TIME for the batch (it runs at one instant): each call's now_ms\n"
+"-- argument (admit: 5th, settle: 4th) of -1 becomes it\n"
+"local now\n"
+"local function clock(v)\n"
+"  if v ~= '-1' then return v end\n"
+"  if not now then\n"
+"    local t = redis.call('TIME')\n"
+"    now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))\n"
+"  end\n"
+"  return now\n"
+"end\n"
 "local out, k, a = {}, 0, 2\n"
 "for i = 1, tonumber(ARGV[1]) do\n"
-"  local f, nk, na = fns[tonumber(ARGV[a])], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n"
-"  local keys, args = {}, {}\n"
+"  local id, nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n"
+"  local f, keys, args = fns[id], {}, {}\n"
 "  for j = 1, nk do keys[j] = KEYS[k + j] end\n"
 "  for j = 1, na do args[j] = ARGV[a + 2 + j] end\n"
 "  k, a = k + nk, a + 3 + na\n"
+"  if id == 1 then args[5] = clock(args[5]) elseif id == 2 then args[4] = clock(args[4]) end\n"
 "  local ok, r = pcall(f, keys, args)\n"
 "  if not ok then\n"
 "    if type(r) == 'table' and r.err then out[i] = r\n"
