@@ -6,12 +6,13 @@
  * loop iteration makes go at its end in ONE command, the batch script
  * (store_redis_lua.h), which runs each as its own script would, in order;
  * a call made alone goes as its own EVALSHA, and the others (GET, SET,
- * INCRBY, PING) go at once. One round trip an iteration, not a request. A call (struct call) has two
- * halves that end separately: its ANSWER (the caller's callback, exactly
- * once: reply, deadline, failure or close) and its REPLY (hiredis cannot
- * cancel a command, it always calls back, with NULL when the connection
- * goes). `answered` and `pending` track them; call_done() frees the call when
- * both are over, so a deadline never frees memory hiredis still points to.
+ * INCRBY, PING) go at once: one round trip an iteration, not a request.
+ * A call (struct call) has two halves that end separately: its ANSWER
+ * (the caller's callback, exactly once: reply, deadline, failure or close)
+ * and its REPLY (hiredis cannot cancel a command, it always calls back,
+ * with NULL when the connection goes). `answered` and `pending` track them;
+ * call_done() frees the call when both are over, so a deadline never frees
+ * memory hiredis still points to.
  *
  * Around the connection: a reconnect timer (backoff), a connect timeout
  * (hiredis 0.14 has none), the breaker and its cooldown timer, the replay
@@ -708,8 +709,12 @@ static void on_flush(struct ev_loop *loop, ev_prepare *w, int revents)
 		for (unsigned i = 0; i < n; i += BATCH_MAX) {
 			unsigned k = n - i < BATCH_MAX ? n - i : BATCH_MAX;
 
-			if ((k == 1 ? send_one(calls[i]) : send_batch(s, calls + i, k)) != 0)
-				for (unsigned j = i; j < i + k; j++)
+			if (k > 1 && send_batch(s, calls + i, k) == 0)
+				continue;
+			/* alone, or a batch that could not be made (no memory, a
+			 * call too large): each call on its own, as before batches */
+			for (unsigned j = i; j < i + k; j++)
+				if (send_one(calls[j]) != 0)
 					reply_one(calls[j], NULL);
 		}
 		free(calls);
@@ -1568,7 +1573,6 @@ static void replay_kick(struct rstore *s)
 	}
 }
 
-/* A replayed item's outcome: `ok` (applied, or known to need nothing). */
 /* A replayed settlement: Redis has it (or never will), and answers its
  * repeats itself. */
 static void forget_queued(struct rstore *s, const struct replay_item *it)
@@ -1579,6 +1583,7 @@ static void forget_queued(struct rstore *s, const struct replay_item *it)
 		rids_remove(s, it->rid);
 }
 
+/* A replayed item's outcome: `ok` (applied, or known to need nothing). */
 static void replay_done(struct call *c, bool ok, enum fail_kind why)
 {
 	struct rstore *s = c->s;
@@ -2080,7 +2085,6 @@ static void late_reply(struct call *c, const redisReply *r)
 {
 	struct rstore *s = c->s;
 	struct call *rel;
-
 	struct store_admit_res res;
 
 	if (!r)
