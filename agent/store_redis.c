@@ -54,7 +54,8 @@
 #include "store_redis.h"
 #include "store_redis_lua.h"
 
-#define PREFIX          "tollgate:v1:"
+#define PREFIX          "tollgate:v1:"   /* the keys of layout version 1 */
+#define WIN_PREFIX      "tollgate:v2:win:" /* rate windows: version 2 */
 #define GRACE_MS        3600000     /* a reservation record outlives its lease this long */
 #define DONE_MS         300000      /* settled markers: only tell a duplicate from an unknown */
 #define MARKER_MS       3600000     /* replayed-charge markers: a replay applies once */
@@ -442,7 +443,7 @@ static void build_admit(const struct call *c, struct args *a)
 		const struct store_bucket *b = &req->b[i];
 
 		if (b->window_ms > 0)
-			args_fmt(a, PREFIX "win:%s", b->key);
+			args_fmt(a, WIN_PREFIX "%s", b->key);
 		else
 			args_str(a, b->key);
 		args_fmt(a, PREFIX "inf:%s", b->key);

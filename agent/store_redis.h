@@ -8,17 +8,26 @@
  * Redis yet. The semantics are store.h's, word for word; Redis's clock
  * (TIME) is the one clock.
  *
- * Key layout (prefix "tollgate:v1:" = script version 1; a new layout gets a
- * new prefix so two agent versions never misread each other's keys). K is a
- * bucket key exactly as the caller built it:
+ * Key layout (prefix "tollgate:vN:" = the version of that key's layout; a
+ * new layout gets a new prefix so two agent versions never misread each
+ * other's keys). K is a bucket key exactly as the caller built it:
  *
  *   K                          quota balance (window_ms == 0): a plain string
  *                              integer, the Higress key (GET/SET/INCRBY/
  *                              DECRBY compatible), so balances migrate
- *   tollgate:v1:win:K          rate bucket: hash sub-window index -> settled
+ *   tollgate:v2:win:K          rate bucket: hash sub-window index -> settled
  *                              tokens; a sub-window is ceil(window/60) ms (1 s
  *                              for a minute, 1 ms up to 60 ms), the hash
- *                              expires with the window
+ *                              expires with the window; field "" -> "sum:low"
+ *                              (the sum of the sub-windows, the lowest index
+ *                              among them) so that an admission reads the
+ *                              window in O(1) until a sub-window slides out
+ *                              (then the hash once, pruned). Version 1 (the
+ *                              same hash without "", tollgate:v1:win:K) is
+ *                              still counted by admissions while it exists:
+ *                              during a rolling upgrade v1 agents settle
+ *                              there, and every other key is shared as is;
+ *                              v1 agents do not see v2 windows
  *   tollgate:v1:inf:K          in-flight reservations of bucket K (rate or
  *                              quota): hash rid -> "estimate:expiry_ms", and
  *                              field "" -> "sum:next" (sum of the estimates,

@@ -184,13 +184,20 @@ def redis_keys(red, pattern):
 
 def redis_window_sum(red, pattern):
     """Sum of the settled amounts in the rate-window hashes whose key
-    matches pattern (store_redis.h: tollgate:v1:win:<bucket key>, a hash
-    sub-window -> tokens)."""
+    matches pattern (store_redis.h: tollgate:v2:win:<bucket key>, a hash
+    sub-window -> tokens, and "" -> "sum:low", which must agree)."""
     total = 0
     keys = redis_keys(red, pattern)
     for k in keys:
-        vals = H.redis_cmd(red.port, "HVALS", k) or []
-        total += sum(int(v) for v in vals)
+        flat = H.redis_cmd(red.port, "HGETALL", k) or []
+        fields = dict(zip(flat[0::2], flat[1::2]))
+        agg = fields.pop("", None)
+        amounts = sum(int(v) for v in fields.values())
+        if fields:
+            assert agg is not None, "window %s has no \"\" field" % k
+            assert int(agg.split(":")[0]) == amounts, \
+                "window %s: \"\" says %s, its sub-windows sum to %d" % (k, agg, amounts)
+        total += amounts
     return total, keys
 
 

@@ -392,7 +392,7 @@ def check_settled(c, pairs, consumer, expected, red, rule):
     V.wait_tokens_total(pairs, expected, timeout=20.0, consumer=consumer)
     if red is not None and rule:
         # the Redis window of the consumer's bucket (store_redis.h layout)
-        H.wait_for(lambda: V.redis_window_sum(red, "tollgate:v1:win:tollgate:{%s}:rl:%s:*"
+        H.wait_for(lambda: V.redis_window_sum(red, "tollgate:v2:win:tollgate:{%s}:rl:%s:*"
                                               % (consumer, rule))[0] == expected,
                    10.0, 0.1, "Redis window of %s == %d" % (consumer, expected))
 

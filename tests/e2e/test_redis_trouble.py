@@ -269,7 +269,7 @@ def governance_resumes_once_redis_accepts(c):
                "a request admitted through Redis")
     st, _, _ = gw.post(V.CHAT, CHAT_BODY, hdrs)
     assert st == 429, "the rate limit kept in Redis: got %d" % st
-    keys = H.redis_cmd(c.r_auth.port, "KEYS", "tollgate:v1:win:*trouble_rule*")
+    keys = H.redis_cmd(c.r_auth.port, "KEYS", "tollgate:v2:win:*trouble_rule*")
     assert keys, "no rate window in Redis"
 
 

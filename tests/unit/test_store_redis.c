@@ -593,7 +593,7 @@ CASE(sliding_window)
 	store_redis_set_test_clock(st, 120000);
 	r = admit1(st, "w4", k, 100, 60000, 10, false);
 	CHECK(r.admitted && r.st[0].used == 0);
-	CHECK(strcmp(cmd("HLEN tollgate:v1:win:%s", k), "0") == 0);    /* pruned */
+	CHECK(strcmp(cmd("HLEN tollgate:v2:win:%s", k), "0") == 0);    /* pruned */
 	/* partial slide: 60 at 10 s, 40 at 40 s; at 70.5 s only the 40 count */
 	CHECK(settle(st, "w4", 0, 0) == STORE_SETTLED);
 	store_redis_set_test_clock(st, 1000000 + 10000);
@@ -1303,6 +1303,142 @@ CASE(local_fallback_store_mem)
 	}
 }
 
+/* The window's "" field ("sum:low", store_redis.h) is what an admission
+ * reads while no sub-window has slid out: after every step of a random walk
+ * (clock jumps from 0 to 75 s, strict or not, settlements of 0 to 80 tokens)
+ * the Redis store answers exactly as store_mem on the same clock, and ""
+ * holds the sum and the lowest index of the hash's sub-windows. */
+static int64_t diff_now;
+
+static int64_t diff_clock(void *arg)
+{
+	(void)arg;
+	return diff_now;
+}
+
+static void check_window_field(const char *key)
+{
+	redisReply *r = rc ? redisCommand(rc, "HGETALL %s", key) : NULL;
+	long long sum = 0, low = -1, agg_sum = -1, agg_low = -1;
+
+	CHECK(r && r->type == REDIS_REPLY_ARRAY);
+	if (!r || r->type != REDIS_REPLY_ARRAY) {
+		if (r)
+			freeReplyObject(r);
+		return;
+	}
+	for (size_t j = 0; j + 1 < r->elements; j += 2) {
+		const char *f = r->element[j]->str, *v = r->element[j + 1]->str;
+
+		if (!*f) {
+			CHECK(sscanf(v, "%lld:%lld", &agg_sum, &agg_low) == 2);
+		} else {
+			sum += atoll(v);
+			if (low < 0 || atoll(f) < low)
+				low = atoll(f);
+		}
+	}
+	if (r->elements > 0) {
+		CHECK(agg_sum == sum && agg_low == low);
+		if (agg_sum != sum || agg_low != low)
+			fprintf(stderr, "  %s: \"\" says %lld:%lld, fields %lld:%lld\n",
+			        key, agg_sum, agg_low, sum, low);
+	}
+	freeReplyObject(r);
+}
+
+CASE(window_sum_matches_store_mem)
+{
+	char dir[] = "/tmp/tg-redis-test-XXXXXX", err[256], rm[128];
+	struct store *mem, *st = open_default();
+	const char *keys[2] = { "tollgate:{df}:rl:r:0:k:60000", "tollgate:{df}:rl:r:0:k:1000" };
+	const int64_t wins[2] = { 60000, 1000 }, limits[2] = { 500, 60 };
+	unsigned seed = 7;
+	int mismatches = 0, admitted = 0;
+
+	CHECK(st != NULL && mkdtemp(dir) != NULL);
+	if (!st)
+		return;
+	mem = store_mem_open(dir, err, sizeof(err));
+	CHECK(mem != NULL);
+	if (!mem) {
+		close_store(st);
+		return;
+	}
+	store_mem_set_clock(mem, diff_clock, NULL);
+	diff_now = 3000000;
+	for (int i = 0; i < 600 && mismatches < 5; i++) {
+		int b = rand_r(&seed) % 2, jump = rand_r(&seed) % 100;
+		int64_t est = 1 + rand_r(&seed) % 30;
+		bool strict = rand_r(&seed) % 2;
+		struct store_admit_res rr, rm_;
+		char rid[32];
+
+		diff_now += jump < 60 ? rand_r(&seed) % (b ? 40 : 1500)
+		          : jump < 97 ? rand_r(&seed) % (b ? 400 : 20000) : 75000;
+		store_redis_set_test_clock(st, diff_now);
+		snprintf(rid, sizeof(rid), "df%d", i);
+		rr = admit1(st, rid, keys[b], limits[b], wins[b], est, strict);
+		rm_ = admit1(mem, rid, keys[b], limits[b], wins[b], est, strict);
+		if (rr.admitted != rm_.admitted || rr.st[0].used != rm_.st[0].used ||
+		    rr.st[0].remaining != rm_.st[0].remaining || rr.st[0].reset_ms != rm_.st[0].reset_ms) {
+			mismatches++;
+			fprintf(stderr, "  step %d at %lld: redis %d used %lld rem %lld reset %lld, "
+			        "mem %d used %lld rem %lld reset %lld\n", i, (long long)diff_now,
+			        rr.admitted, (long long)rr.st[0].used, (long long)rr.st[0].remaining,
+			        (long long)rr.st[0].reset_ms, rm_.admitted, (long long)rm_.st[0].used,
+			        (long long)rm_.st[0].remaining, (long long)rm_.st[0].reset_ms);
+		}
+		if (rr.admitted) {
+			int64_t in = rand_r(&seed) % 50, out = rand_r(&seed) % 31;
+
+			admitted++;
+			CHECK(settle(st, rid, in, out) == STORE_SETTLED);
+			CHECK(settle(mem, rid, in, out) == STORE_SETTLED);
+		}
+		check_window_field("tollgate:v2:win:tollgate:{df}:rl:r:0:k:60000");
+		check_window_field("tollgate:v2:win:tollgate:{df}:rl:r:0:k:1000");
+	}
+	CHECK(mismatches == 0);
+	CHECK(admitted > 100 && admitted < 590);       /* both admissions and refusals */
+	store_redis_set_test_clock(st, -1);
+	close_store(st);
+	mem->ops->free(mem->impl);
+	snprintf(rm, sizeof(rm), "rm -rf %s", dir);
+	CHECK(system(rm) == 0);
+}
+
+/* A version 1 window (a v1 agent settles there during a rolling upgrade)
+ * counts in a v2 admission, in its usage and in its reset_ms, until it
+ * slides out. */
+CASE(v1_window_still_counted)
+{
+	struct store *st = open_default();
+	const char *k = "tollgate:{v}:rl:r:0:k:60000";
+	struct store_admit_res r;
+
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	cmd("HSET tollgate:v1:win:%s 199 30", k);
+	store_redis_set_test_clock(st, 200000);
+	r = admit1(st, "v1a", k, 100, 60000, 1, false);
+	CHECK(r.admitted && r.st[0].used == 30);
+	CHECK(settle(st, "v1a", 50, 0) == STORE_SETTLED);             /* into v2, idx 200 */
+	CHECK(strcmp(cmd("HGET tollgate:v2:win:%s 200", k), "50") == 0);
+	store_redis_set_test_clock(st, 200500);
+	r = admit1(st, "v1b", k, 80, 60000, 1, false);
+	CHECK(!r.admitted && r.st[0].used == 80);
+	CHECK(r.st[0].reset_ms == 200000 + 60000 - 200500);           /* when v1's 30 leave */
+	store_redis_set_test_clock(st, 260000);
+	r = admit1(st, "v1c", k, 80, 60000, 1, false);
+	CHECK(r.admitted && r.st[0].used == 50);
+	CHECK(settle(st, "v1c", 0, 0) == STORE_SETTLED);
+	cmd("DEL tollgate:v1:win:%s", k);
+	store_redis_set_test_clock(st, -1);
+	close_store(st);
+}
+
 /* Closing with calls in flight answers each of them once (err). */
 CASE(close_with_calls_in_flight)
 {
@@ -1470,7 +1606,8 @@ int main(void)
 		return 1;
 	}
 	RUN_ALL(connects_and_loads_scripts, admission_boundary, all_or_nothing, strict,
-	        sliding_window, lease_expiry_and_late_settlement, settle_exactly_once, rid_reused,
+	        sliding_window, window_sum_matches_store_mem, v1_window_still_counted,
+	        lease_expiry_and_late_settlement, settle_exactly_once, rid_reused,
 	        key_listed_twice, quota_balance, auth_and_select, noscript_recovery,
 	        concurrency_three_connections, close_with_calls_in_flight, redis_paused, redis_killed,
 	        local_quota_last_known_balance, batch_answers_each_call_as_alone,
