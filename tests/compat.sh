@@ -50,6 +50,8 @@ for h in $HAPROXY_VERSIONS; do
 			echo "   no result line: see $log"
 		fi
 		grep -E '^   FAIL: ' "$log" | sed 's/^/   /'
+		# what failed and why, so that a CI log alone explains a failure
+		[ "$f" -gt 0 ] && sed -n '/--- errors and notes of/,$p' "$log" | head -n 80 | sed 's/^/   /'
 		echo "   $last"
 		printf '%-28s %-12s %6s %6s\n' "$v" "$suite" "$p" "$f" >>"$table"
 		tp=$((tp + p)); tf=$((tf + f))

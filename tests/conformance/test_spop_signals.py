@@ -67,30 +67,37 @@ def refused(addr, deadline):
 @case
 @own_agent
 def sigterm_graceful_drain(a):
+    # The bounds are taken from when each frame was sent, not from a sleep
+    # (a loaded machine oversleeps): the listeners must be closed while both
+    # delayed frames are still in flight, and each ACK comes no earlier than
+    # its delay after its frame was sent.
     busy = a.client()
     busy.hello()
     idle = a.client()
     idle.hello()
     ux = a.client(unix=True)
     ux.hello()
-    busy.notify(5, 6, [(ECHO, [("delay_ms", S.UINT32(500)), ("k", S.STR("drained"))])])
-    ux.notify(7, 8, [(ECHO, [("delay_ms", S.UINT32(300)), ("u", S.UINT32(1))])])
+    t_busy = time.monotonic()
+    busy.notify(5, 6, [(ECHO, [("delay_ms", S.UINT32(1500)), ("k", S.STR("drained"))])])
+    t_ux = time.monotonic()
+    ux.notify(7, 8, [(ECHO, [("delay_ms", S.UINT32(1000)), ("u", S.UINT32(1))])])
     time.sleep(0.05)
-    t0 = time.monotonic()
     a.signal(signal.SIGTERM)
 
-    assert refused(a.addr(), t0 + 0.4), "TCP listener still accepting after SIGTERM"
-    assert refused(a.addr(unix=True), t0 + 0.4), \
+    assert refused(a.addr(), t_ux + 0.9), "TCP listener still accepting after SIGTERM"
+    assert refused(a.addr(unix=True), t_ux + 0.9), \
         "unix listener still accepting after SIGTERM"
 
-    f = ux.expect_ack(7, 8, timeout=2)
+    f = ux.expect_ack(7, 8, timeout=3)
+    dt = time.monotonic() - t_ux
     assert f.payload == S.encode_set_var("u", S.UINT32(1)), f.payload.hex()
+    assert dt >= 0.95, "delayed ACK cut short (%.3fs of 1 s)" % dt
     ux.expect_disconnect(S.ST_NORMAL)
 
-    f = busy.expect_ack(5, 6, timeout=2)
-    dt = time.monotonic() - t0
+    f = busy.expect_ack(5, 6, timeout=3)
+    dt = time.monotonic() - t_busy
     assert f.payload == S.encode_set_var("k", S.STR("drained")), f.payload.hex()
-    assert dt >= 0.35, "delayed ACK cut short (%.3fs)" % dt
+    assert dt >= 1.45, "delayed ACK cut short (%.3fs of 1.5 s)" % dt
     busy.expect_disconnect(S.ST_NORMAL)
 
     idle.expect_disconnect(S.ST_NORMAL)
