@@ -8,6 +8,10 @@ side in one run, the same load through:
              http-reuse always, and http-no-delay for SSE: without it the
              kernel holds events back, 181 ms at p99 here), in front of the
              upstream
+  lua floor  the plain HAProxy with an empty Lua data filter on the answer
+             (LUA_FLOOR below: it forwards what it is given and nothing
+             else): what HAProxy itself charges for calling any Lua filter
+             once per event, the floor of a gateway that meters in Lua
   gateway    HAProxy rendered by `tollgate haproxy-config` + the agent,
              metering only: key auth, routing, the Lua filter reading every
              event, exactly-once settlement
@@ -62,6 +66,22 @@ def request(path, headers, events):
             ).encode()
 
 
+# The empty Lua data filter of the "lua floor" setup.
+LUA_FLOOR = """
+local F = {}
+F.id = "floor"
+F.flags = filter.FLT_CFG_FL_HTX
+F.__index = F
+function F:new() return setmetatable({}, F) end
+function F:http_headers(txn, msg)
+    if msg.channel:is_resp() then filter.register_data_filter(self, msg.channel) end
+    return filter.CONTINUE
+end
+function F:http_payload(txn, msg) return msg:input() end
+core.register_filter("floor", F, function(f, args) return f end)
+"""
+
+
 def p99(v):
     v = sorted(v)
     return v[min(len(v) - 1, int(len(v) * 0.99))] if v else float("nan")
@@ -71,7 +91,8 @@ def one_version(haproxy):
     os.environ["HAPROXY"] = haproxy
     import harness as H
     import gateway as G
-    res = {"haproxy": "%d.%d.%d" % H.haproxy_version(), "plain": [], "gateway": []}
+    res = {"haproxy": "%d.%d.%d" % H.haproxy_version(), "plain": [], "lua floor": [],
+           "gateway": []}
     env = H.Env("bench-streams")
     try:
         up = env.agent({"agent": {"log_level": "warn"}}, name="upstream")
@@ -82,24 +103,37 @@ def one_version(haproxy):
               "auth": {"enabled": True, "allow": ["bench"]}}],
             haproxy={"max_body": int(os.environ["MAX_BODY"])} if os.environ.get("MAX_BODY")
             else None))
-        plain_port = H.free_port()
-        plain = env.haproxy(
-            "global\n    maxconn 4096\n    nbthread %d\n"
-            "defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n"
-            "    timeout server 60s\n"
-            "frontend plain\n    bind 127.0.0.1:%d\n    default_backend up\n"
-            "backend up\n    http-reuse always\n    option http-no-delay\n"
-            "    server u 127.0.0.1:%d\n"
-            % (os.cpu_count(), plain_port, up.http_port), name="plain", wait_ports=[plain_port])
+        def plain_haproxy(name, lua):
+            port = H.free_port()
+            glob = fe = ""
+            if lua:
+                # 3.1+ warns (an error under -dW) unless this is said first
+                glob = (".if version_atleast(3.1)\n    tune.lua.bool-sample-conversion normal\n"
+                        ".endif\n    lua-load-per-thread %s\n"
+                        % env.write(name + ".lua", LUA_FLOOR))
+                fe = "    filter lua.floor\n"
+            proc = env.haproxy(
+                "global\n    maxconn 4096\n    nbthread %d\n%s"
+                "defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n"
+                "    timeout server 60s\n"
+                "frontend plain\n    bind 127.0.0.1:%d\n%s    default_backend up\n"
+                "backend up\n    http-reuse always\n    option http-no-delay\n"
+                "    server u 127.0.0.1:%d\n"
+                % (os.cpu_count(), glob, port, fe, up.http_port), name=name, wait_ports=[port])
+            return port, proc
+        plain_port, plain = plain_haproxy("plain", False)
+        floor_port, floor = plain_haproxy("luafloor", True)
+        plain_req = request("/mock/v1/chat/completions", {"authorization": "Bearer pk-bench"},
+                            EVENTS)
         setups = {
-            "plain": (plain_port, [plain.pid],
-                      request("/mock/v1/chat/completions", {"authorization": "Bearer pk-bench"},
-                              EVENTS)),
+            "plain": (plain_port, [plain.pid], plain_req),
+            "lua floor": (floor_port, [floor.pid], plain_req),
             "gateway": (gw.port, [gw.haproxy.pid, gw.agent.pid],
                         request("/v1/chat/completions", {"x-api-key": KEY}, EVENTS)),
         }
         run_streams(gw.port, setups["gateway"][2], 4, TIMEOUT)            # warm up both
         run_streams(plain_port, setups["plain"][2], 4, TIMEOUT)
+        run_streams(floor_port, setups["lua floor"][2], 4, TIMEOUT)
         for _ in range(ROUNDS):
             for name, (port, pids, req) in setups.items():
                 out0 = gw.tokens(consumer="bench")[1]
@@ -144,17 +178,20 @@ def main():
     print("Streams: %d concurrent, %d events each %d ms apart, %d rounds (medians); "
           "CPU per delivered event from /proc" % (STREAMS, EVENTS, DELAY_MS, ROUNDS))
     print()
-    print("| HAProxy | plain HAProxy µs/event | gateway (HAProxy + agent) µs/event | of which "
-          "HAProxy | ratio (target ≤ 1.5×) | event gap p99 plain, gateway | usage "
+    print("| HAProxy | plain HAProxy µs/event | plain + empty Lua data filter (floor) "
+          "| gateway (HAProxy + agent) µs/event | of which HAProxy | ratio (target ≤ 1.5×) "
+          "| floor / plain | event gap p99 plain, gateway | usage "
           "| %d streams cut at half |" % ABORTS)
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         pl = median([x["us_per_event"] for x in r["plain"]])
+        fl = median([x["us_per_event"] for x in r["lua floor"]])
         gw = median([x["us_per_event"] for x in r["gateway"]])
         a = r["aborted"]
-        print("| %s | %.1f | %.1f | %.1f | %.2f× | %.1f, %.1f ms | exact | %d events seen, "
-              "%d output tokens estimated |" % (
-                  r["haproxy"], pl, gw, median([x["haproxy_us"] for x in r["gateway"]]), gw / pl,
+        print("| %s | %.1f | %.1f | %.1f | %.1f | %.2f× | %.2f× | %.1f, %.1f ms | exact "
+              "| %d events seen, %d output tokens estimated |" % (
+                  r["haproxy"], pl, fl, gw, median([x["haproxy_us"] for x in r["gateway"]]),
+                  gw / pl, fl / pl,
                   median([x["gap_p99"] for x in r["plain"]]),
                   median([x["gap_p99"] for x in r["gateway"]]),
                   a["events_seen"], a["output_tokens"]))
