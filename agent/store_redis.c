@@ -414,18 +414,28 @@ static void script_args(struct args *a, unsigned nkeys)
 
 static void on_reply(redisAsyncContext *ac, void *r, void *privdata);
 
-static int send_args(struct call *c, struct args *a)
+/* Send c's command; its reply goes to on_reply() (`pending` is the
+ * caller's to count). */
+static int send_argv(struct call *c, struct args *a)
 {
 	struct rstore *s = c->s;
 
 	if (a->overflow) {
-		log_error("redis store: command too large (key %s)", c->key[0] ? c->key : c->rid);
+		log_error("redis store: command too large (%s)",
+		          c->req ? c->req->rid : c->key[0] ? c->key : c->rid);
 		return -1;
 	}
 	if (!s->ac || redisAsyncCommandArgv(s->ac, on_reply, c, a->argc, a->argv, a->len) != REDIS_OK)
 		return -1;
-	c->pending++;
 	s->st.sent++;
+	return 0;
+}
+
+static int send_args(struct call *c, struct args *a)
+{
+	if (send_argv(c, a) != 0)
+		return -1;
+	c->pending++;
 	return 0;
 }
 
@@ -620,14 +630,7 @@ static int send_one(struct call *c)
 	enum script_id id = build_call(c, &a);
 
 	script_cmd(s, id, a.argv, a.len);
-	if (a.overflow) {
-		log_error("redis store: command too large (%s)", c->req ? c->req->rid : c->rid);
-		return -1;
-	}
-	if (!s->ac || redisAsyncCommandArgv(s->ac, on_reply, c, a.argc, a.argv, a.len) != REDIS_OK)
-		return -1;
-	s->st.sent++;
-	return 0;
+	return send_argv(c, &a);
 }
 
 /* n > 1 calls in one batch script call. */
