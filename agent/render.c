@@ -47,6 +47,17 @@
 #define ENV_BUFSIZE  "TOLLGATE_BUFSIZE"
 #define ENV_LIMIT    "TOLLGATE_MAX_BODY_FROM"
 
+/* Buffers each thread of 2.8+ keeps cached (tune.memory.hot-size). Every
+ * SPOE exchange of 3.1+ is a stream of its own with buffers of its own, so
+ * at 4 MiB a cache of 8 overflowed under load: every overflow handed
+ * buffers back to glibc and evicted the thread's small objects with them
+ * (its cache is one LRU). Measured (tests/bench/gateway.sh, 50
+ * connections): two empty exchanges cost HAProxy 41-47 us a request with 8
+ * on 3.2 and 3.4, 33-38 with 64, no better with 128. Only the pages a
+ * buffer was written to are resident, and glibc keeps what it is given
+ * back anyway (trim threshold in haproxy/README.md). */
+#define HOT_BUFFERS 64ULL
+
 /* ------------------------------------------------------------ the Lua file */
 
 #ifndef TG_LUA_FILE
@@ -443,12 +454,15 @@ static void render_global(FILE *f, const struct tg_config *cfg, const char *lua_
 		fprintf(f,
 		        "    # buffers this large must stay in each thread's cache: past the\n"
 		        "    # default 512 KiB, every stream would map and unmap fresh ones\n"
-		        "    # (measured: small requests 3 to 5 times slower). 2.6 has no such\n"
-		        "    # setting: GLIBC_TUNABLES, above and in haproxy/README.md\n"
+		        "    # (measured: small requests 3 to 5 times slower); %llu a thread,\n"
+		        "    # as 3.1+ gives every SPOE exchange buffers of its own (fewer\n"
+		        "    # cost 3.2 and 3.4 a fifth of their speed). Resident: only the\n"
+		        "    # pages written. 2.6 has no such setting: GLIBC_TUNABLES, above\n"
+		        "    # and in haproxy/README.md\n"
 		        ".if version_atleast(2.8)\n"
 		        "    tune.memory.hot-size %llu\n"
 		        ".endif\n",
-		        8ULL * h->bufsize);
+		        HOT_BUFFERS, HOT_BUFFERS * h->bufsize);
 	fprintf(f,
 	        ".if version_atleast(3.1)\n"
 	        "    tune.lua.bool-sample-conversion normal\n"

@@ -157,9 +157,9 @@ def default_ceiling_is_4mib(c):
     assert G.haproxy_sizes(c.gw) == (MAX_BODY, MAX_BODY + 1024 + 8192), G.haproxy_sizes(c.gw)
     assert '    setenv TOLLGATE_MAX_BODY %d\n' % MAX_BODY in text
     assert 'if { req.hdr_val(content-length) gt "${TOLLGATE_MAX_BODY}" }' in text
-    # 2.8+: eight such buffers a thread stay cached (haproxy/README.md)
+    # 2.8+: 64 such buffers a thread stay cached (haproxy/README.md)
     assert ".if version_atleast(2.8)\n    tune.memory.hot-size %d\n.endif" % (
-        8 * (MAX_BODY + 9216)) in text
+        64 * (MAX_BODY + 9216)) in text
 
 
 def _sizes_case(size, model_last):
