@@ -92,10 +92,13 @@ fuzz:
 
 bench: all
 	BUILD=$(BUILD) tests/bench/run.sh
-	for h in $${HAPROXY_VERSIONS:-haproxy}; do BUILD=$(BUILD) HAPROXY=$$h tests/bench/gateway.sh || exit 1; done
+	rm -f $(BUILD)/bench-versions.md
+	for h in $${HAPROXY_VERSIONS:-haproxy}; do BUILD=$(BUILD) HAPROXY=$$h SUMMARY=$(BUILD)/bench-versions.md tests/bench/gateway.sh || exit 1; done
 	BUILD=$(BUILD) tests/bench/governance.sh
 	BUILD=$(BUILD) python3 tests/bench/large_bodies.py
 	BUILD=$(BUILD) python3 tests/bench/streams.py
+	@printf '\nEvery HAProxy side by side (tests/bench/gateway.sh, 50 connections flat out; spoe2: the SPOE floor)\n\n'
+	@cat $(BUILD)/bench-versions.md
 
 demo: deps
 	$(MAKE) all
