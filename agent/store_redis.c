@@ -329,6 +329,7 @@ static bool service_error(const char *msg)
  * whole thing sits on the stack until hiredis has formatted it. */
 struct args {
 	int argc;
+	unsigned nkeys;             /* a script's key count (script_args()) */
 	bool overflow;
 	const char *argv[ARGS_MAX];
 	size_t len[ARGS_MAX];
@@ -407,6 +408,7 @@ static void script_args(struct args *a, unsigned nkeys)
 	a->argc = 2;
 	a->overflow = false;
 	a->used = 0;
+	a->nkeys = nkeys;
 	args_fmt(a, "%u", nkeys);
 }
 
@@ -649,7 +651,7 @@ static int send_batch(struct rstore *s, struct call **calls, unsigned n)
 	strs_num(&args, n);
 	for (unsigned i = 0; i < n; i++) {
 		enum script_id id = build_call(calls[i], &a);
-		unsigned nk = (unsigned)atoi(a.argv[2]);
+		unsigned nk = a.nkeys;
 
 		if (a.overflow || 3 + nk > (unsigned)a.argc)
 			goto out;
