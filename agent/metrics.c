@@ -64,41 +64,8 @@ struct metrics {
 	size_t tsize, tused;
 	struct collector collectors[MAX_COLLECTORS];
 	unsigned ncollectors;
-	struct metrics_buf scrape;     /* reused by the /metrics handler */
+	struct buf scrape;     /* reused by the /metrics handler */
 };
-
-/* ---- text buffer ---------------------------------------------------- */
-
-static int buf_put(struct metrics_buf *b, const char *p, size_t n)
-{
-	if (b->cap - b->len < n + 1) {
-		size_t cap = b->cap ? b->cap : 4096;
-		char *d;
-
-		while (cap - b->len < n + 1)
-			cap *= 2;
-		if (!(d = realloc(b->data, cap)))
-			return -1;
-		b->data = d;
-		b->cap = cap;
-	}
-	memcpy(b->data + b->len, p, n);
-	b->len += n;
-	b->data[b->len] = 0;
-	return 0;
-}
-
-static int buf_str(struct metrics_buf *b, const char *s)
-{
-	return buf_put(b, s, strlen(s));
-}
-
-void metrics_buf_free(struct metrics_buf *b)
-{
-	free(b->data);
-	b->data = NULL;
-	b->len = b->cap = 0;
-}
 
 /* Shortest text that reads back as v; integers without exponent up to 1e15. */
 static void fmt_double(char *out, size_t len, double v)
@@ -661,7 +628,7 @@ void metrics_free(struct metrics *m)
 	}
 	free(m->fams);
 	free(m->table);
-	metrics_buf_free(&m->scrape);
+	buf_free(&m->scrape);
 	free(m);
 }
 
@@ -694,7 +661,7 @@ void metrics_collect_remove(struct metrics *m, metrics_collect_fn fn, void *arg)
 static const char *const type_names[] = { "counter", "gauge", "histogram" };
 
 /* name[suffix]{labels[,extra]} value\n */
-static int render_sample(struct metrics_buf *b, const char *name, const char *suffix,
+static int render_sample(struct buf *b, const char *name, const char *suffix,
                          const char *labels, const char *extra, double v)
 {
 	char num[40];
@@ -710,7 +677,7 @@ static int render_sample(struct metrics_buf *b, const char *name, const char *su
 	return rc | buf_put(b, " ", 1) | buf_str(b, num) | buf_put(b, "\n", 1);
 }
 
-static int render_histogram(struct metrics_buf *b, const struct metric_family *f,
+static int render_histogram(struct buf *b, const struct metric_family *f,
                             const struct metric_series *s)
 {
 	char le[48];
@@ -727,7 +694,7 @@ static int render_histogram(struct metrics_buf *b, const struct metric_family *f
 	return rc | render_sample(b, f->name, "_count", s->text, NULL, (double)s->count);
 }
 
-static int render_family(struct metrics_buf *b, const struct metric_family *f)
+static int render_family(struct buf *b, const struct metric_family *f)
 {
 	int rc = buf_str(b, "# HELP ") | buf_str(b, f->name) | buf_put(b, " ", 1) |
 	         buf_str(b, f->help) | buf_str(b, "\n# TYPE ") | buf_str(b, f->name) |
@@ -744,7 +711,7 @@ static int render_family(struct metrics_buf *b, const struct metric_family *f)
 	return rc ? -1 : 0;
 }
 
-int metrics_render(struct metrics *m, struct metrics_buf *out)
+int metrics_render(struct metrics *m, struct buf *out)
 {
 	for (unsigned i = 0; i < m->ncollectors; i++)
 		m->collectors[i].fn(m, m->collectors[i].arg);
@@ -872,7 +839,7 @@ static void serve_metrics(struct http_req *req, void *ctx)
 {
 	struct metrics *m = ctx;
 
-	m->scrape.len = 0;
+	buf_reset(&m->scrape);
 	if (metrics_render(m, &m->scrape) != 0) {
 		http_reply(req, 500, "text/plain", "out of memory\n", 14);
 		return;

@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf.h"
+
 struct metrics;
 struct metric_series;
 struct http_server;
@@ -64,11 +66,6 @@ enum tgm_direction { TGM_INPUT, TGM_OUTPUT };                     /* "input" "ou
 enum tgm_settle_result { TGM_SETTLED, TGM_DUPLICATE, TGM_LATE, TGM_UNKNOWN, TGM_ERROR };
 enum tgm_settle_source { TGM_SRC_SPOP, TGM_SRC_RECORD };          /* "spop" "record" */
 
-/* The exposition text. */
-struct metrics_buf {
-	char *data;
-	size_t len, cap;
-};
 
 typedef void (*metrics_collect_fn)(struct metrics *m, void *arg);
 
@@ -111,8 +108,7 @@ int  metrics_on_collect(struct metrics *m, metrics_collect_fn fn, void *arg);
 void metrics_collect_remove(struct metrics *m, metrics_collect_fn fn, void *arg);
 
 /* Appends the exposition (text format 0.0.4) to out. 0, or -1 (memory). */
-int  metrics_render(struct metrics *m, struct metrics_buf *out);
-void metrics_buf_free(struct metrics_buf *b);
+int  metrics_render(struct metrics *m, struct buf *out);
 
 /* Serves GET /metrics (the exposition), GET /healthz ("ok") and GET / (the
  * live dashboard page) on srv. -1 if the route table is full. */

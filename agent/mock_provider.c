@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "buf.h"
 #include "http_server.h"
 #include "log.h"
 #include "mock_provider.h"
@@ -79,11 +80,9 @@ struct ask {
 
 /* An answer being rendered. */
 struct out {
-	char *buf;
-	size_t len, cap;
-	size_t *ends;
+	struct buf text;        /* text.oom: any part failed (the text, ends, JSON) */
+	size_t *ends;           /* SSE: where each event ends in text */
 	size_t nev, capev;
-	bool oom;
 };
 
 /* ---- token rule ----------------------------------------------------- */
@@ -238,41 +237,25 @@ static unsigned header_uint(const struct http_req *req, const char *name, unsign
 
 static void out_put(struct out *o, const char *p, size_t n)
 {
-	if (o->oom)
-		return;
-	if (o->cap - o->len < n) {
-		size_t cap = o->cap ? o->cap : 1024;
-		char *b;
-
-		while (cap - o->len < n)
-			cap *= 2;
-		if (!(b = realloc(o->buf, cap))) {
-			o->oom = true;
-			return;
-		}
-		o->buf = b;
-		o->cap = cap;
-	}
-	memcpy(o->buf + o->len, p, n);
-	o->len += n;
+	buf_put(&o->text, p, n);
 }
 
 static void out_end_event(struct out *o)
 {
-	if (o->oom)
+	if (o->text.oom)
 		return;
 	if (o->nev == o->capev) {
 		size_t cap = o->capev ? o->capev * 2 : 32;
 		size_t *e = realloc(o->ends, cap * sizeof(*e));
 
 		if (!e) {
-			o->oom = true;
+			o->text.oom = true;
 			return;
 		}
 		o->ends = e;
 		o->capev = cap;
 	}
-	o->ends[o->nev++] = o->len;
+	o->ends[o->nev++] = o->text.len;
 }
 
 /* Appends `[event: NAME\n]data: JSON\n\n` and frees the object. */
@@ -282,7 +265,7 @@ static void out_event(struct out *o, const char *event, cJSON *obj)
 
 	cJSON_Delete(obj);
 	if (!s) {
-		o->oom = true;
+		o->text.oom = true;
 		return;
 	}
 	if (event) {
@@ -303,7 +286,7 @@ static void out_json(struct out *o, cJSON *obj)
 
 	cJSON_Delete(obj);
 	if (!s) {
-		o->oom = true;
+		o->text.oom = true;
 		return;
 	}
 	out_put(o, s, strlen(s));
@@ -734,7 +717,7 @@ static void job_start(struct mock_provider *mp, struct http_req *req, struct out
 			http_stream_end(req);
 		else
 			http_reply(req, 503, NULL, NULL, 0);
-		free(o->buf);
+		free(o->text.data);
 		free(o->ends);
 		return;
 	}
@@ -742,8 +725,8 @@ static void job_start(struct mock_provider *mp, struct http_req *req, struct out
 	j->req = req;
 	j->stream = stream;
 	j->status = 200;
-	j->buf = o->buf;
-	j->len = o->len;
+	j->buf = o->text.data;
+	j->len = o->text.len;
 	j->ends = o->ends;
 	j->nev = o->nev;
 	ev_timer_init(&j->timer, job_tick, delay_ms / 1000.0, delay_ms / 1000.0);
@@ -770,13 +753,13 @@ static void send_answer(struct mock_provider *mp, struct http_req *req, const st
 		return;
 	}
 	if (!a->stream) {
-		http_reply_ex(req, 200, "application/json", extra, o->buf, o->len);
+		http_reply_ex(req, 200, "application/json", extra, o->text.data, o->text.len);
 	} else {
 		for (size_t i = 0; i < o->nev; from = o->ends[i++])
-			http_stream_write(req, o->buf + from, o->ends[i] - from);
+			http_stream_write(req, o->text.data + from, o->ends[i] - from);
 		http_stream_end(req);
 	}
-	free(o->buf);
+	free(o->text.data);
 	free(o->ends);
 }
 
@@ -821,8 +804,8 @@ static void answer(struct mock_provider *mp, struct http_req *req, enum kind kin
 	}
 	render(&a, &o);
 	cJSON_Delete(doc);
-	if (o.oom) {
-		free(o.buf);
+	if (o.text.oom) {
+		free(o.text.data);
 		free(o.ends);
 		reply_error(req, 500, "server_error", NULL, "out of memory");
 		return;

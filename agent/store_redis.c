@@ -50,6 +50,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libev.h>
 
+#include "buf.h"
 #include "log.h"
 #include "store_redis.h"
 #include "store_redis_lua.h"
@@ -565,15 +566,15 @@ struct batch {
 
 /* A growing array of (offset, length) strings in one buffer. */
 struct strs {
-	char *buf;
-	size_t used, cap;
-	size_t *off, *len;
+	struct buf text;        /* the strings, end to end; text.oom: any failure */
+	size_t *off, *len;      /* string i is text.data[off[i] .. off[i] + len[i]) */
 	unsigned n, cap_n;
-	bool oom;
 };
 
 static void strs_push(struct strs *v, const char *p, size_t len)
 {
+	if (v->text.oom)
+		return;
 	if (v->n == v->cap_n) {
 		unsigned cap = v->cap_n ? 2 * v->cap_n : 256;
 		size_t *off = realloc(v->off, cap * sizeof(*off));
@@ -582,29 +583,15 @@ static void strs_push(struct strs *v, const char *p, size_t len)
 		if (off)
 			v->off = off;
 		if (!ln) {
-			v->oom = true;
+			v->text.oom = true;
 			return;
 		}
 		v->len = ln;
 		v->cap_n = cap;
 	}
-	if (v->used + len > v->cap) {
-		size_t cap = v->cap ? v->cap : 4096;
-		char *b;
-
-		while (cap < v->used + len)
-			cap *= 2;
-		if (!(b = realloc(v->buf, cap))) {
-			v->oom = true;
-			return;
-		}
-		v->buf = b;
-		v->cap = cap;
-	}
-	memcpy(v->buf + v->used, p, len);
-	v->off[v->n] = v->used;
-	v->len[v->n++] = len;
-	v->used += len;
+	v->off[v->n] = v->text.len;
+	if (buf_put(&v->text, p, len) == 0)
+		v->len[v->n++] = len;
 }
 
 static void strs_num(struct strs *v, long long x)
@@ -616,7 +603,7 @@ static void strs_num(struct strs *v, long long x)
 
 static void strs_free(struct strs *v)
 {
-	free(v->buf);
+	buf_free(&v->text);
 	free(v->off);
 	free(v->len);
 }
@@ -661,7 +648,7 @@ static int send_batch(struct rstore *s, struct call **calls, unsigned n)
 		for (int j = 3; j < a.argc; j++)
 			strs_push((unsigned)j < 3 + nk ? &keys : &args, a.argv[j], a.len[j]);
 	}
-	if (keys.oom || args.oom ||
+	if (keys.text.oom || args.text.oom ||
 	    !(argv = malloc((4 + keys.n + args.n) * sizeof(*argv))) ||
 	    !(len = malloc((4 + keys.n + args.n) * sizeof(*len))))
 		goto out;
@@ -673,11 +660,11 @@ static int send_batch(struct rstore *s, struct call **calls, unsigned n)
 		len[argc] = (size_t)snprintf(nk, sizeof(nk), "%u", keys.n);
 		argv[argc++] = nk;
 		for (unsigned i = 0; i < keys.n; i++, argc++) {
-			argv[argc] = keys.buf + keys.off[i];
+			argv[argc] = keys.text.data + keys.off[i];
 			len[argc] = keys.len[i];
 		}
 		for (unsigned i = 0; i < args.n; i++, argc++) {
-			argv[argc] = args.buf + args.off[i];
+			argv[argc] = args.text.data + args.off[i];
 			len[argc] = args.len[i];
 		}
 		b->s = s;

@@ -14,19 +14,19 @@
  * family's (malloc'd, "" if absent). */
 static char *render_family(struct metrics *m, const char *name)
 {
-	struct metrics_buf b = { 0 };
+	struct buf b = { 0 };
 	char head[256], *start, *end, *out;
 	size_t n;
 
 	snprintf(head, sizeof(head), "# HELP %s ", name);
 	if (metrics_render(m, &b) != 0 || !b.data || !(start = strstr(b.data, head))) {
-		metrics_buf_free(&b);
+		buf_free(&b);
 		return strdup("");
 	}
 	end = strstr(start + 1, "# HELP ");
 	n = end ? (size_t)(end - start) : strlen(start);
 	out = strndup(start, n);
-	metrics_buf_free(&b);
+	buf_free(&b);
 	return out;
 }
 
@@ -42,7 +42,7 @@ static int text_is(char *got, const char *want)
 
 static int has_line(struct metrics *m, const char *line)
 {
-	struct metrics_buf b = { 0 };
+	struct buf b = { 0 };
 	char want[512];
 	int ok;
 
@@ -50,7 +50,7 @@ static int has_line(struct metrics *m, const char *line)
 	ok = metrics_render(m, &b) == 0 && strstr(b.data, want) != NULL;
 	if (!ok)
 		fprintf(stderr, "  missing line: %s\n", line);
-	metrics_buf_free(&b);
+	buf_free(&b);
 	return ok;
 }
 
@@ -173,7 +173,7 @@ CASE(histogram_with_labels)
 CASE(product_families)
 {
 	struct metrics *m = metrics_new();
-	struct metrics_buf b = { 0 };
+	struct buf b = { 0 };
 	static const char *const types[] = {
 		"# TYPE tollgate_tokens_total counter",
 		"# TYPE tollgate_requests_total counter",
@@ -217,7 +217,7 @@ CASE(product_families)
 		      strncmp(line, "# TYPE tollgate_", 16) == 0);
 		CHECK(strchr(line, '\n') != NULL);
 	}
-	metrics_buf_free(&b);
+	buf_free(&b);
 	metrics_free(m);
 }
 
@@ -290,7 +290,7 @@ CASE(cardinality_cap)
 {
 	struct metrics *m = metrics_new();
 	int f = metrics_family(m, "tollgate_cap_total", METRIC_COUNTER, "Cap.", L("model"), NULL, 0);
-	struct metrics_buf b = { 0 };
+	struct buf b = { 0 };
 	char v[32];
 	int lines = 0;
 
@@ -304,7 +304,7 @@ CASE(cardinality_cap)
 		lines++;
 	CHECK(lines == 10001);
 	CHECK(strstr(b.data, "\ntollgate_cap_total{model=\"_overflow_\"} 50\n") != NULL);
-	metrics_buf_free(&b);
+	buf_free(&b);
 	metrics_free(m);
 }
 
@@ -326,7 +326,7 @@ CASE(collect_callbacks)
 {
 	struct metrics *m = metrics_new();
 	struct collect_state st = { 0, 40 };
-	struct metrics_buf b = { 0 };
+	struct buf b = { 0 };
 
 	tgm_quota_remaining(m, "gone", 5);            /* hidden by the collector */
 	CHECK(metrics_on_collect(m, collect_quota, &st) == 0);
@@ -341,7 +341,7 @@ CASE(collect_callbacks)
 	b.len = 0;
 	CHECK(metrics_render(m, &b) == 0);
 	CHECK(st.calls == 2);
-	metrics_buf_free(&b);
+	buf_free(&b);
 	metrics_free(m);
 }
 
