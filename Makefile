@@ -41,7 +41,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HDRS      := $(wildcard spoe/*.h agent/*.h tests/unit/*.h)
 
 .PHONY: all deps test asan fuzz bench demo compat docker-test clean install deb-test
-all: $(BUILD)/tollgate $(BUILD)/libspop.a $(UNIT_BIN) $(BUILD)/spop-load
+all: $(BUILD)/tollgate $(BUILD)/libspop.a $(UNIT_BIN) $(BUILD)/spop-load $(BUILD)/http-pace
 
 $(BUILD)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
@@ -67,6 +67,12 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libtollgate.a $(BUILD)/libspop.a $(HDR
 $(BUILD)/spop-load: tests/bench/spop-load.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE $< -o $@ -lpthread
+
+# HTTP requests at a fixed rate, for the p99 a request pays at a given load
+# (tests/bench/http-pace.c; wrk finds maximums).
+$(BUILD)/http-pace: tests/bench/http-pace.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE $< -o $@
 
 # the Debian packages (tests/deps.sh): checked first, installed as root
 deps:

@@ -20,7 +20,10 @@
 # saturation: queueing), then one connection (the latency each request
 # pays). Rounds alternate the setups (this machine is shared); medians are
 # reported. CPU per request (µs, from /proc) shows who spends it.
-# Targets: gateway >= 0.6x alone, p99 added <= 1 ms.
+# Then, paced (tests/bench/http-pace.c), alone and the gateway at half of
+# alone's maximum and at half of the gateway's: the p99 a request pays at a
+# given load. Targets: gateway >= 0.6x alone and >= 0.9x its floor (spoe2),
+# p99 added <= 1 ms at one connection and at half of alone's maximum.
 # The floors use the agent backend and buffer tuning the renderer writes for
 # this HAProxy; HAProxy alone has nbthread = cores and http-reuse always.
 #   DURATION=5 ROUNDS=3 CONNS=50 HAPROXY=/path/to/haproxy tests/bench/gateway.sh
@@ -266,8 +269,37 @@ printf '\none connection (the latency a request pays)\n\n| setup | p50 µs | p99
 for s in $SETUPS; do
 	eval "printf '| %s | %s | %s |\n' $s \$ONE50_$s \$ONE99_$s"
 done
+# Paced, not flat out (wrk finds maximums): alone and the gateway at half of
+# HAProxy alone's maximum (the target: p99 added <= 1 ms), then at half of
+# the gateway's own. Latency counts from when each request was due
+# (tests/bench/http-pace.c; 1000000 µs reads "a second or more"), so a
+# setup that cannot keep the rate shows it.
+# pace <label> <what> <rate>: PACE99_<label>_alone, PACE99_<label>_gateway
+pace() {
+	printf '\npaced at %s: %s requests/s, %s connections (%ss)\n\n' "$2" "$3" "$CONNS" "$DURATION"
+	printf '| setup | achieved requests/s | p50 µs | p99 µs | late (still waiting at the end) |\n|---|---|---|---|---|\n'
+	for s in alone gateway; do
+		eval "port=\$PORT_$s"
+		out=$("$BUILD/http-pace" -p "$port" -r "$3" -c "$CONNS" -d "$DURATION" -w 1 \
+			-u /v1/chat/completions -H 'Content-Type: application/json' -H 'x-api-key: bench-key' \
+			-b '{"model":"bench-1","messages":[{"role":"user","content":"hello there"}],"max_tokens":16}') || {
+			echo "http-pace failed on $s: $out" >&2; exit 1; }
+		printf '| %s | %s | %s | %s | %s |\n' "$s" "$(pv achieved)" "$(pv p50)" "$(pv p99)" "$(pv late)"
+		[ "$(pv non2xx)" = 0 ] || { echo "http-pace: non-2xx answers on $s: $out" >&2; exit 1; }
+		eval "PACE99_$1_$s=$(pv p99)"
+	done
+}
+pv() { echo "$out" | tr ' ' '\n' | sed -n "s/^$1=//p" | tr -d 'us/'; }
+PACE_A=$((RPS_alone / 2)) PACE_G=$((RPS_gateway / 2))
+PACE99_a_alone=0 PACE99_a_gateway=0 PACE99_g_alone=0 PACE99_g_gateway=0
+if [ "$PACE_A" -gt 0 ] && [ "$PACE_G" -gt 0 ]; then
+	pace a "half of HAProxy alone's maximum" "$PACE_A"
+	pace g "half of the gateway's maximum" "$PACE_G"
+fi
 awk -v a="$RPS_alone" -v f="$RPS_spoe" -v f2="$RPS_spoe2" -v g="$RPS_gateway" -v v="$RPS_governed" \
     -v pa="$P99_alone" -v pg="$P99_gateway" -v oa="$ONE99_alone" -v og="$ONE99_gateway" \
+    -v qa="$PACE99_a_alone" -v qg="$PACE99_a_gateway" -v qr="$PACE_A" \
+    -v ra="$PACE99_g_alone" -v rg="$PACE99_g_gateway" -v rr="$PACE_G" \
     -v c="$CONNS" 'BEGIN {
 	if (a == 0) a = -1; if (g == 0) g = -1   # a setup not run: its ratios read negative
 	printf "\nspoe / alone = %.2fx (HAProxy with one SPOE exchange per request, no gateway work)\n", f/a
@@ -276,20 +308,25 @@ awk -v a="$RPS_alone" -v f="$RPS_spoe" -v f2="$RPS_spoe2" -v g="$RPS_gateway" -v
 	printf "gateway / spoe2 = %.2fx (target >= 0.9x: its own work <= 10%% on its floor): %s\n", g/(f2 ? f2 : -1), (g/(f2 ? f2 : -1) >= 0.9 ? "PASS" : "MISS")
 	printf "governed / gateway = %.2fx (target >= 0.8x): %s\n", v/g, (v/g >= 0.8 ? "PASS" : "MISS")
 	printf "p99 added by the gateway, one connection = %d us (target <= 1000 us): %s\n", og-oa, (og-oa <= 1000 ? "PASS" : "MISS")
+	if (qr > 0 && qg > 0)
+		printf "p99 added by the gateway at half of alone'"'"'s maximum (%d requests/s) = %d us (target <= 1000 us): %s\n", qr, qg-qa, (qg-qa <= 1000 ? "PASS" : "MISS")
+	if (rr > 0 && rg > 0)
+		printf "p99 added by the gateway at half of its own maximum (%d requests/s) = %d us\n", rr, rg-ra
 	printf "p99 added by the gateway, %d connections flat out = %d us (queueing: see requests/s)\n", c, pg-pa
 }'
 # SUMMARY=file: one row for this HAProxy in a table of every version (make
 # bench prints it at the end), its header first when the file is new
 if [ -n "${SUMMARY:-}" ]; then
 	[ -s "$SUMMARY" ] || printf '%s\n%s\n' \
-		"| HAProxy | requests/s alone, spoe2, gateway, governed | gateway / alone | gateway / spoe2 | governed / gateway | HAProxy CPU µs/req alone, spoe, spoe2, gateway | agent CPU µs/req gateway | p99 added, one connection |" \
-		"|---|---|---|---|---|---|---|---|" > "$SUMMARY"
+		"| HAProxy | requests/s alone, spoe2, gateway, governed | gateway / alone | gateway / spoe2 | governed / gateway | HAProxy CPU µs/req alone, spoe, spoe2, gateway | agent CPU µs/req gateway | p99 added, one connection | p99 added at half of alone's maximum, of the gateway's |" \
+		"|---|---|---|---|---|---|---|---|---|" > "$SUMMARY"
 	awk -v v="$("$HAPROXY" -v | awk 'NR == 1 {print $3}')" -v a="$RPS_alone" -v f2="$RPS_spoe2" \
 	    -v g="$RPS_gateway" -v gv="$RPS_governed" -v ca="$(col alone.sat 5)" -v c1="$(col spoe.sat 5)" \
 	    -v c2="$(col spoe2.sat 5)" -v cg="$(col gateway.sat 5)" -v ag="$(col gateway.sat 6)" \
-	    -v p="$((ONE99_gateway - ONE99_alone))" 'BEGIN {
-		printf "| %s | %d, %d, %d, %d | %.2fx | %.2fx | %.2fx | %s, %s, %s, %s | %s | %d µs |\n", v, a, f2, g, gv,
-		       g/(a ? a : -1), g/(f2 ? f2 : -1), gv/(g ? g : -1), ca, c1, c2, cg, ag, p
+	    -v p="$((ONE99_gateway - ONE99_alone))" -v q="$((PACE99_a_gateway - PACE99_a_alone))" \
+	    -v q2="$((PACE99_g_gateway - PACE99_g_alone))" 'BEGIN {
+		printf "| %s | %d, %d, %d, %d | %.2fx | %.2fx | %.2fx | %s, %s, %s, %s | %s | %d µs | %d µs, %d µs |\n", v, a, f2, g, gv,
+		       g/(a ? a : -1), g/(f2 ? f2 : -1), gv/(g ? g : -1), ca, c1, c2, cg, ag, p, q, q2
 	}' >> "$SUMMARY"
 fi
 # every request was answered 200: a silent failure is never a fast run
