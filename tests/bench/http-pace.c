@@ -234,7 +234,7 @@ int main(int argc, char **argv)
 		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &cs[i] };
 
 		if ((cs[i].fd = open_conn(&sa)) < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &ev) != 0) {
-			fprintf(stderr, "http-pace: connect 127.0.0.1:%d: %s\n", port, strerror(errno));
+			fprintf(stderr, "http-pace: connect %s:%d: %s\n", host, port, strerror(errno));
 			return 2;
 		}
 		cs[i].next_due = t0 + (uint64_t)(1e9 * i / rate);
