@@ -218,7 +218,7 @@ to_us() { # a wrk duration (812.00us, 1.23ms, 1.01s, 1.00m) -> microseconds
 		else if (d ~ /m$/) { sub(/m$/, "", d); printf "%.0f", d * 60000000 }
 		else print 0 }'
 }
-declare -A rps p50 p99 total non2xx ev_calls ev_usec cpu_h cpu_a cpu_r
+declare -A rps p50 p99 total non2xx ev_calls ev_usec ev_cmds cpu_h cpu_a cpu_r
 TICK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 run_wrk() { # $1 = route, $2 = round
@@ -242,6 +242,11 @@ run_wrk() { # $1 = route, $2 = round
 	st=$(redis INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),usec=\([0-9]*\),.*/\1 \2/p')
 	ev_calls[$1]=$(( ${ev_calls[$1]:-0} + ${st%% *} ))
 	ev_usec[$1]=$(( ${ev_usec[$1]:-0} + ${st##* } ))
+	# the commands the scripts ran (redis.call): every command counted but
+	# the scripts themselves and this script's own INFO / CONFIG
+	st=$(redis INFO commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ &&
+		$1 !~ /^cmdstat_(evalsha|eval|info|config|script)$/ {n += $3} END {print n + 0}')
+	ev_cmds[$1]=$(( ${ev_cmds[$1]:-0} + st ))
 	non2xx[$1]=$(( ${non2xx[$1]:-0} + ${n:-0} ))
 	say "   round $2 $1: ${rps[$1,$2]:-?} req/s, p50 ${p50[$1,$2]:-?} us, p99 ${p99[$1,$2]:-?} us${n:+, NON-2xx $n}${s:+, socket errors: $s}"
 	if [ "$rc" -ne 0 ] || [ -n "$n" ] || [ -n "$s" ] || [ -z "${rps[$1,$2]}" ]; then
@@ -294,9 +299,10 @@ ratio=$(median "${ratios[@]:-0}")
 cpu_req() { # $1 = route, $2 = ticks: CPU µs per request
 	awk -v t="$2" -v hz="$TICK" -v n="${total[$1]:-0}" 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }'
 }
-per_req() { # $1 = route, $2 = calls|usec: EVALSHA per request, or Redis µs in them per request
+per_req() { # $1 = route, $2 = calls|usec|cmds: EVALSHA per request, Redis µs in them, commands they ran
 	local v=${ev_calls[$1]:-0}
 	[ "$2" = usec ] && v=${ev_usec[$1]:-0}
+	[ "$2" = cmds ] && v=${ev_cmds[$1]:-0}
 	awk -v v="$v" -v n="${total[$1]:-0}" 'BEGIN { if (n > 0) printf "%.1f", v / n; else print "n/a" }'
 }
 verdict=$(awk -v r="$ratio" -v t="$TARGET_RATIO" 'BEGIN {print (r >= t) ? "ok" : "MISS"}')
@@ -305,10 +311,10 @@ cat <<EOF
 
 ### Token governance cost (wrk -t$WRK_THREADS -c$GOV_CONNS, ${GOV_SECS}s x $GOV_ROUNDS interleaved rounds, medians)
 
-| route | plugins | requests/s | p50 µs | p99 µs | requests (all rounds) | non-2xx | Redis scripts / request | Redis µs / request |
-|---|---|---:|---:|---:|---:|---:|---:|---:|
-| plain | none (auth + metering) | ${med_rps_plain} | ${med_p50_plain} | ${med_p99_plain} | ${total[plain]:-0} | ${non2xx[plain]:-0} | $(per_req plain calls) | $(per_req plain usec) |
-| governed | ai-token-ratelimit + ai-quota (Redis) | ${med_rps_governed} | ${med_p50_governed} | ${med_p99_governed} | ${total[governed]:-0} | ${non2xx[governed]:-0} | $(per_req governed calls) | $(per_req governed usec) |
+| route | plugins | requests/s | p50 µs | p99 µs | requests (all rounds) | non-2xx | Redis scripts / request | Redis commands / request (in the scripts) | Redis µs / request |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| plain | none (auth + metering) | ${med_rps_plain} | ${med_p50_plain} | ${med_p99_plain} | ${total[plain]:-0} | ${non2xx[plain]:-0} | $(per_req plain calls) | $(per_req plain cmds) | $(per_req plain usec) |
+| governed | ai-token-ratelimit + ai-quota (Redis) | ${med_rps_governed} | ${med_p50_governed} | ${med_p99_governed} | ${total[governed]:-0} | ${non2xx[governed]:-0} | $(per_req governed calls) | $(per_req governed cmds) | $(per_req governed usec) |
 
 CPU µs per request (utime + stime over all rounds / requests):
 
