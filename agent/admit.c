@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 
 #include "admit.h"
+#include "hex.h"
 #include "route.h"
 #include "sha256.h"
 
@@ -151,8 +152,10 @@ static void key_part(const struct tg_rule_item *it, const char *value, char *out
 	}
 	if (sha256(value, strlen(value), d) != 0)
 		memset(d, 0, sizeof(d));    /* out of memory: such values share one bucket */
-	for (int i = 0; i < 16 && (size_t)(2 * i + 2) < outlen; i++)
-		snprintf(out + 2 * i, outlen - 2 * (size_t)i, "%02x", d[i]);
+	if (outlen >= 33)
+		hex_encode(d, 16, out);    /* the hash's first 128 bits name the bucket */
+	else if (outlen)
+		out[0] = '\0';
 }
 
 static void plan_ratelimit(const struct tg_ai_token_ratelimit *rl, const char *tag,
