@@ -66,7 +66,6 @@ enum tgm_direction { TGM_INPUT, TGM_OUTPUT };                     /* "input" "ou
 enum tgm_settle_result { TGM_SETTLED, TGM_DUPLICATE, TGM_LATE, TGM_UNKNOWN, TGM_ERROR };
 enum tgm_settle_source { TGM_SRC_SPOP, TGM_SRC_RECORD };          /* "spop" "record" */
 
-
 typedef void (*metrics_collect_fn)(struct metrics *m, void *arg);
 
 /* ---- registry ------------------------------------------------------- */

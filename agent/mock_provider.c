@@ -235,11 +235,6 @@ static unsigned header_uint(const struct http_req *req, const char *name, unsign
 
 /* ---- output buffer -------------------------------------------------- */
 
-static void out_put(struct out *o, const char *p, size_t n)
-{
-	buf_put(&o->text, p, n);
-}
-
 static void out_end_event(struct out *o)
 {
 	if (o->text.oom)
@@ -269,13 +264,13 @@ static void out_event(struct out *o, const char *event, cJSON *obj)
 		return;
 	}
 	if (event) {
-		out_put(o, "event: ", 7);
-		out_put(o, event, strlen(event));
-		out_put(o, "\n", 1);
+		buf_str(&o->text, "event: ");
+		buf_str(&o->text, event);
+		buf_str(&o->text, "\n");
 	}
-	out_put(o, "data: ", 6);
-	out_put(o, s, strlen(s));
-	out_put(o, "\n\n", 2);
+	buf_str(&o->text, "data: ");
+	buf_str(&o->text, s);
+	buf_str(&o->text, "\n\n");
 	out_end_event(o);
 	cJSON_free(s);
 }
@@ -289,7 +284,7 @@ static void out_json(struct out *o, cJSON *obj)
 		o->text.oom = true;
 		return;
 	}
-	out_put(o, s, strlen(s));
+	buf_str(&o->text, s);
 	cJSON_free(s);
 }
 
@@ -418,7 +413,7 @@ static void render_chat_stream(const struct ask *a, struct out *o)
 		add_usage(r, a);
 		out_event(o, NULL, r);
 	}
-	out_put(o, "data: [DONE]\n\n", 14);
+	buf_str(&o->text, "data: [DONE]\n\n");
 	out_end_event(o);
 }
 
