@@ -550,6 +550,46 @@ CASE(all_or_nothing)
 	close_store(st);
 }
 
+/* A bucket's in-flight hash goes with the settlement that brings its sum to
+ * 0, even with a reservation of 0 still in it (that one then settles with
+ * nothing to take out); a rate window's TTL is set by the first write to a
+ * sub-window, not pushed by the next ones. */
+CASE(in_flight_sum_and_window_ttl)
+{
+	struct store *st = open_default();
+	const char *k = "tollgate:{t}:rl:r:0:k:60000";
+	long ttl1, ttl2;
+
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	CHECK(admit1(st, "t0", k, 100, 60000, 0, false).admitted);
+	CHECK(admit1(st, "t1", k, 100, 60000, 10, false).admitted);
+	CHECK(strcmp(cmd("HLEN tollgate:v1:inf:%s", k), "3") == 0);   /* t0, t1, the sum */
+	CHECK(settle(st, "t1", 4, 3) == STORE_SETTLED);
+	CHECK(strcmp(cmd("EXISTS tollgate:v1:inf:%s", k), "0") == 0);
+	CHECK(settle(st, "t0", 0, 0) == STORE_SETTLED);
+	CHECK(strcmp(cmd("EXISTS tollgate:v1:inf:%s", k), "0") == 0);
+	CHECK(admit1(st, "t2", k, 100, 60000, 5, false).admitted);
+	CHECK(strcmp(cmd("HLEN tollgate:v1:inf:%s", k), "2") == 0);
+	CHECK(strncmp(cmd("HGET tollgate:v1:inf:%s %s", k, ""), "5:", 2) == 0);
+	/* the window: 7 tokens written at one instant (the test clock), then
+	 * 20 ms later 2 more into the same sub-window */
+	store_redis_set_test_clock(st, 7000000);
+	CHECK(admit1(st, "t3", k, 100, 60000, 5, false).admitted);
+	CHECK(settle(st, "t3", 1, 1) == STORE_SETTLED);
+	ttl1 = atol(cmd("PTTL tollgate:v2:win:%s", k));
+	CHECK(ttl1 > 60000 && ttl1 <= 60000 + 2 * 1000);
+	usleep(20000);
+	CHECK(admit1(st, "t4", k, 100, 60000, 5, false).admitted);
+	CHECK(settle(st, "t4", 1, 1) == STORE_SETTLED);
+	ttl2 = atol(cmd("PTTL tollgate:v2:win:%s", k));
+	CHECK(ttl2 > 0 && ttl2 <= ttl1 - 15);                          /* not pushed */
+	CHECK(strcmp(cmd("HGET tollgate:v2:win:%s 7000", k), "4") == 0);
+	store_redis_set_test_clock(st, -1);
+	close_store(st);
+}
+
 CASE(strict)
 {
 	struct store *st = open_default();
@@ -1605,7 +1645,8 @@ int main(void)
 		redis_kill();
 		return 1;
 	}
-	RUN_ALL(connects_and_loads_scripts, admission_boundary, all_or_nothing, strict,
+	RUN_ALL(connects_and_loads_scripts, admission_boundary, all_or_nothing,
+	        in_flight_sum_and_window_ttl, strict,
 	        sliding_window, window_sum_matches_store_mem, v1_window_still_counted,
 	        lease_expiry_and_late_settlement, settle_exactly_once, rid_reused,
 	        key_listed_twice, quota_balance, auth_and_select, noscript_recovery,
