@@ -256,7 +256,7 @@ run_wrk() { # $1 = route, $2 = round
 	kill -0 "$AGENT_PID" 2>/dev/null || die "the agent died"
 	kill -0 "$HAPROXY_PID" 2>/dev/null || die "haproxy died"
 }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%g\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 say "== token governance cost: wrk -t$WRK_THREADS -c$GOV_CONNS POST /v1/chat/completions -> HAProxy (nbthread $HAPROXY_THREADS) + agent, provider mock"
 say "   $GOV_ROUNDS interleaved rounds of ${GOV_SECS}s; governed = ai-token-ratelimit + ai-quota in Redis, plain = no plugin"
