@@ -103,11 +103,12 @@ local function member(d, key, pat, pos)
 	end
 end
 
--- total characters of the string values of the given keys (quoted) in d
-local function count_fields(d, keys)
+-- total characters of the string values of the given keys (quoted) in d,
+-- from index from (1 when nil)
+local function count_fields(d, keys, from)
 	local total = 0
 	for i = 1, #keys do
-		local pos = 1
+		local pos = from or 1
 		while true do
 			local start = member(d, keys[i], '^%s*:%s*"()', pos)
 			if not start then break end
@@ -178,17 +179,18 @@ end
 -- one complete SSE event (raw text); returns true for a usage-only event
 -- the data of an event: its `data:` lines joined by "\n", and its type
 -- (`event:`); nil when it has no data
-local function event_fields(ev)
-	local last = #ev
-	-- the common event: one `data:` line (ev ends with its first separator
-	-- byte, the only "\n" or "\r" in it)
-	if ev:sub(1, 5) == "data:" then
-		local nl, cr = ev:find("\n", 6, true), ev:find("\r", 6, true)
-		if (nl == nil or nl == last) and (cr == nil or cr == last) then
-			local e = (nl or cr) and last - 1 or last
-			return ev:sub(ev:byte(6) == 32 and 7 or 6, e), nil
+local function event_fields(s, first, last)
+	-- the common event: one `data:` line (the event ends with its first
+	-- separator byte, the only "\n" or "\r" in it), its data cut straight
+	-- from s
+	if s:find("^data:", first) then
+		local nl, cr = s:find("\n", first + 5, true), s:find("\r", first + 5, true)
+		if (nl == nil or nl >= last) and (cr == nil or cr >= last) then
+			local e = (nl == last or cr == last) and last - 1 or last
+			return s:sub(s:byte(first + 5) == 32 and first + 6 or first + 5, e), nil
 		end
 	end
+	local ev = s:sub(first, last)
 	local data, etype = nil, nil
 	for line in ev:gmatch("[^\r\n]+") do
 		if line:sub(1, 5) == "data:" then
@@ -203,16 +205,19 @@ local function event_fields(ev)
 	return #data == 1 and data[1] or table.concat(data, "\n"), etype
 end
 
-function Tollgate:sse_event(txn, ev)
-	local d, etype = event_fields(ev)
+function Tollgate:sse_event(txn, s, first, last)
+	local d, etype = event_fields(s, first, last)
 	if not d or d == "[DONE]" then return false end
 
 	local usage = member(d, '"usage"', '^%s*:%s*(%b{})')
 	if usage then self:set_usage(txn, usage_numbers(usage)) end
 
 	local n = 0
-	if d:find('"choices"', 1, true) then
-		n = count_fields(d, CHOICE_KEYS)
+	local ch = d:find('"choices"', 1, true)
+	if ch then
+		-- the generated text is inside "choices": the members before it
+		-- (id, object, created, model...) need not be searched six times
+		n = count_fields(d, CHOICE_KEYS, ch + 9)
 	else
 		local t = etype or member(d, '"type"', '^%s*:%s*"([^"]*)"')
 		if t then
@@ -257,7 +262,7 @@ function Tollgate:sse_payload(txn, msg)
 	while true do
 		local a, b = event_end(s, pos)
 		if not a then break end
-		local hide = self:sse_event(txn, s:sub(pos, a))
+		local hide = self:sse_event(txn, s, pos, a)
 		if hide and self.hide and pos > clen then
 			local len = b - pos + 1
 			msg:remove(pos - clen - 1 - removed, len)
