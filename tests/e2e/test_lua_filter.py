@@ -517,7 +517,9 @@ def split_events_crlf_and_multiline(st):
     e4 = b': keep-alive comment\n\n'
     e5 = b'data: {"choices":[{"delta":\ndata: {"content":"xyz"}}]}\n\n'   # multi-line data
     e6 = "data: {\"choices\":[{\"delta\":{\"content\":\"\u00fc\u00df\"}}]}\n\n".encode()  # raw UTF-8
-    stream = e1 + e2 + e3 + e4 + e5 + e6 + USAGE_EV + b"data: [DONE]\n\n"
+    # a text key before "choices" is not generated text: only "in" counts
+    e7 = b'data: {"content":"outside","choices":[{"delta":{"content":"in"}}]}\n\n'
+    stream = e1 + e2 + e3 + e4 + e5 + e6 + e7 + USAGE_EV + b"data: [DONE]\n\n"
     # cut everywhere awkward: inside "data:", between \r and \n, in UTF-8
     # sequences, between the two newlines of a separator
     L = len(e1)
@@ -530,7 +532,7 @@ def split_events_crlf_and_multiline(st):
     r = stream_request(st.fe, "/s/split", b"{}", {"x-t-rid": "split-1"})
     assert r["body"] == stream, "not byte-exact"
     rec = parse_record(st.settle.record("split-1"))
-    want_chars = 5 + len(" wor\u00e9ld \u4f60\u597d") + 5 + 3 + 2
+    want_chars = 5 + len(" wor\u00e9ld \u4f60\u597d") + 5 + 3 + 2 + 2
     assert (rec["u_in"], rec["u_out"], rec["seen"]) == (123, 45, want_chars), rec
 
 
