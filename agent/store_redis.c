@@ -372,6 +372,53 @@ static void args_fmt(struct args *a, const char *fmt, ...)
 	a->used += (size_t)n + 1;
 }
 
+/* An integer in decimal, as "%lld" writes it: built from the last digit
+ * backwards, no printf on the path every admission and settlement takes. */
+static void args_int(struct args *a, long long v)
+{
+	char tmp[24], *e = tmp + sizeof(tmp), *p = e;
+	unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+
+	do
+		*--p = (char)('0' + u % 10);
+	while (u /= 10);
+	if (v < 0)
+		*--p = '-';
+	if ((size_t)(e - p) >= sizeof(a->buf) - a->used) {
+		a->overflow = true;
+		return;
+	}
+	memcpy(a->buf + a->used, p, (size_t)(e - p));
+	a->buf[a->used + (size_t)(e - p)] = '\0';
+	args_raw(a, a->buf + a->used, (size_t)(e - p));
+	a->used += (size_t)(e - p) + 1;
+}
+
+/* prefix then str, as "prefix%s" would */
+static void args_cat(struct args *a, const char *prefix, const char *str)
+{
+	size_t lp = strlen(prefix), ls = strlen(str);
+
+	if (lp + ls >= sizeof(a->buf) - a->used) {
+		a->overflow = true;
+		return;
+	}
+	memcpy(a->buf + a->used, prefix, lp);
+	memcpy(a->buf + a->used + lp, str, ls + 1);
+	args_raw(a, a->buf + a->used, lp + ls);
+	a->used += lp + ls + 1;
+}
+
+/* a weight as "%.17g" writes it; a whole one (1, the usual) as an integer,
+ * which is the same text */
+static void args_weight(struct args *a, double w)
+{
+	if (w > -1e15 && w < 1e15 && w == (double)(long long)w)
+		args_int(a, (long long)w);
+	else
+		args_fmt(a, "%.17g", w);
+}
+
 static const char *script_name(enum script_id id)
 {
 	return id == SCRIPT_BATCH ? "batch" : script_src[id].name;
@@ -410,7 +457,7 @@ static void script_args(struct args *a, unsigned nkeys)
 	a->overflow = false;
 	a->used = 0;
 	a->nkeys = nkeys;
-	args_fmt(a, "%u", nkeys);
+	args_int(a, nkeys);
 }
 
 /* ------------------------------------------------------------ call sending */
@@ -450,45 +497,45 @@ static void build_admit(const struct call *c, struct args *a)
 	const struct rstore *s = c->s;
 
 	script_args(a, 2 + 2 * req->n);
-	args_fmt(a, PREFIX "res:%s", req->rid);
-	args_fmt(a, PREFIX "done:%s", req->rid);
+	args_cat(a, PREFIX "res:", req->rid);
+	args_cat(a, PREFIX "done:", req->rid);
 	for (unsigned i = 0; i < req->n; i++) {
 		const struct store_bucket *b = &req->b[i];
 
 		if (b->window_ms > 0)
-			args_fmt(a, WIN_PREFIX "%s", b->key);
+			args_cat(a, WIN_PREFIX, b->key);
 		else
 			args_str(a, b->key);
-		args_fmt(a, PREFIX "inf:%s", b->key);
+		args_cat(a, PREFIX "inf:", b->key);
 	}
 	args_str(a, req->rid);
-	args_fmt(a, "%lld", (long long)(req->lease_ms > 0 ? req->lease_ms : 1));
+	args_int(a, req->lease_ms > 0 ? req->lease_ms : 1);
 	args_str(a, req->strict ? "1" : "0");
-	args_fmt(a, "%u", req->n);
-	args_fmt(a, "%lld", (long long)s->test_now);
-	args_fmt(a, "%d", GRACE_MS);
+	args_int(a, req->n);
+	args_int(a, s->test_now);
+	args_int(a, GRACE_MS);
 	for (unsigned i = 0; i < req->n; i++) {
 		const struct store_bucket *b = &req->b[i];
 
 		args_str(a, b->key);
-		args_fmt(a, "%lld", (long long)b->window_ms);
-		args_fmt(a, "%lld", (long long)clamp(b->limit, LIMIT_MAX));
-		args_fmt(a, "%lld", (long long)clamp(b->estimate, AMOUNT_MAX));
-		args_fmt(a, "%.17g", clamp_weight(b->w_in));
-		args_fmt(a, "%.17g", clamp_weight(b->w_out));
+		args_int(a, b->window_ms);
+		args_int(a, clamp(b->limit, LIMIT_MAX));
+		args_int(a, clamp(b->estimate, AMOUNT_MAX));
+		args_weight(a, clamp_weight(b->w_in));
+		args_weight(a, clamp_weight(b->w_out));
 	}
 }
 
 static void build_settle(const struct call *c, struct args *a)
 {
 	script_args(a, 2);
-	args_fmt(a, PREFIX "res:%s", c->rid);
-	args_fmt(a, PREFIX "done:%s", c->rid);
+	args_cat(a, PREFIX "res:", c->rid);
+	args_cat(a, PREFIX "done:", c->rid);
 	args_str(a, c->rid);
-	args_fmt(a, "%lld", (long long)c->in);
-	args_fmt(a, "%lld", (long long)c->out);
-	args_fmt(a, "%lld", (long long)c->s->test_now);
-	args_fmt(a, "%d", DONE_MS);
+	args_int(a, c->in);
+	args_int(a, c->out);
+	args_int(a, c->s->test_now);
+	args_int(a, DONE_MS);
 }
 
 static void build_charge(const struct call *c, struct args *a)
@@ -496,8 +543,8 @@ static void build_charge(const struct call *c, struct args *a)
 	script_args(a, 2);
 	args_str(a, c->item->key);
 	args_fmt(a, PREFIX "chg:%s:%u", c->item->rid, c->item->idx);
-	args_fmt(a, "%lld", (long long)c->item->amount);
-	args_fmt(a, "%d", MARKER_MS);
+	args_int(a, c->item->amount);
+	args_int(a, MARKER_MS);
 }
 
 static int send_plain(struct call *c)
@@ -516,7 +563,7 @@ static int send_plain(struct call *c)
 	case CALL_QADD:
 		args_str(&a, c->kind == CALL_QSET ? "SET" : "INCRBY");
 		args_str(&a, c->key);
-		args_fmt(&a, "%lld", (long long)c->value);
+		args_int(&a, c->value);
 		break;
 	default:
 		args_str(&a, "PING");
@@ -1304,7 +1351,7 @@ static void conn_setup(struct rstore *s)
 	if (s->db) {
 		a.argc = 0;
 		args_str(&a, "SELECT");
-		args_fmt(&a, "%d", s->db);
+		args_int(&a, s->db);
 		redisAsyncCommandArgv(s->ac, on_setup, "SELECT", a.argc, a.argv, a.len);
 	}
 	if (s->n_sentinels)
