@@ -14,7 +14,8 @@ cannot carry them).
 What it proves:
   - SSE passes byte-exact (client bytes == upstream bytes) when hide_usage is
     off; with hide_usage on, exactly the usage-only event is removed, also
-    when it arrives split across several chunks with delays;
+    when it arrives split across several chunks with delays, or cut at
+    random places (a fixed seed);
   - usage (prompt/completion and input/output tokens) and the characters of
     generated text are found, in chat, Responses API and split events;
   - the first byte is not delayed (it arrives before the upstream's second
@@ -508,8 +509,9 @@ def cut(b, *points):
     return [x for x in out if x]
 
 
-@case
-def split_events_crlf_and_multiline(st):
+def mixed_stream():
+    """A stream of every event shape the filter parses, its usage event (the
+    one hide_usage removes) and the characters of generated text in it."""
     e1 = chat_ev("Hello")
     e2 = chat_ev(" wor\u00e9ld \u4f60\u597d")      # json.dumps escapes: \u00e9 \u4f60 \u597d
     e3 = (b'event: message\r\ndata: {"choices":[{"delta":{"content":"a\\"b\\n\\ud83d\\ude00"}}]}'
@@ -519,7 +521,16 @@ def split_events_crlf_and_multiline(st):
     e6 = "data: {\"choices\":[{\"delta\":{\"content\":\"\u00fc\u00df\"}}]}\n\n".encode()  # raw UTF-8
     # a text key before "choices" is not generated text: only "in" counts
     e7 = b'data: {"content":"outside","choices":[{"delta":{"content":"in"}}]}\n\n'
-    stream = e1 + e2 + e3 + e4 + e5 + e6 + e7 + USAGE_EV + b"data: [DONE]\n\n"
+    parts = [e1, e2, e3, e4, e5, e6, e7, USAGE_EV, b"data: [DONE]\n\n"]
+    want_chars = 5 + len(" wor\u00e9ld \u4f60\u597d") + 5 + 3 + 2 + 2
+    return parts, want_chars
+
+
+@case
+def split_events_crlf_and_multiline(st):
+    parts, want_chars = mixed_stream()
+    e1, e2, e3, e4, e5 = parts[:5]
+    stream = b"".join(parts)
     # cut everywhere awkward: inside "data:", between \r and \n, in UTF-8
     # sequences, between the two newlines of a separator
     L = len(e1)
@@ -532,8 +543,28 @@ def split_events_crlf_and_multiline(st):
     r = stream_request(st.fe, "/s/split", b"{}", {"x-t-rid": "split-1"})
     assert r["body"] == stream, "not byte-exact"
     rec = parse_record(st.settle.record("split-1"))
-    want_chars = 5 + len(" wor\u00e9ld \u4f60\u597d") + 5 + 3 + 2 + 2
     assert (rec["u_in"], rec["u_out"], rec["seen"]) == (123, 45, want_chars), rec
+
+
+@case
+def random_cuts_meter_alike(st):
+    """The mixed stream cut at random places (a fixed seed, so a failure
+    repeats), every other one with hide_usage: the same usage and characters
+    every time, byte-exact or exactly the usage event gone."""
+    parts, want_chars = mixed_stream()
+    stream = b"".join(parts)
+    hidden = stream.replace(USAGE_EV, b"")
+    rnd = random.Random(20261204)
+    for i in range(16):
+        points = sorted(rnd.sample(range(1, len(stream)), rnd.randint(3, 25)))
+        st.scripted.scripts["rc%d" % i] = {"pieces": [(0.004, p) for p in cut(stream, *points)]}
+        hdrs = {"x-t-rid": "rc-%d" % i}
+        if i % 2:
+            hdrs["x-t-hide"] = "1"
+        r = stream_request(st.fe, "/s/rc%d" % i, b"{}", hdrs)
+        assert r["body"] == (hidden if i % 2 else stream), (i, points)
+        rec = parse_record(st.settle.record("rc-%d" % i))
+        assert (rec["u_in"], rec["u_out"], rec["seen"]) == (123, 45, want_chars), (i, points, rec)
 
 
 @case
