@@ -35,9 +35,10 @@
 # Besides wrk's numbers the table shows Redis's side, from INFO commandstats
 # reset before each run: EVALSHA calls per request (admissions, settlements
 # from the SPOP response and duplicates from HAProxy's record, batched: below 1
-# under load) and the microseconds
-# Redis spent in them per request -- on a shared Redis that is the ceiling of
-# all the gateways together.
+# under load), the Redis commands those scripts ran per request (each
+# redis.call, counted by Redis: the number that does not depend on the
+# machine) and the microseconds Redis spent in the scripts per request -- on
+# a shared Redis that is the ceiling of all the gateways together.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 
