@@ -372,11 +372,12 @@ static void args_fmt(struct args *a, const char *fmt, ...)
 	a->used += (size_t)n + 1;
 }
 
-/* An integer in decimal, as "%lld" writes it: built from the last digit
- * backwards, no printf on the path every admission and settlement takes. */
-static void args_int(struct args *a, long long v)
+/* v in decimal, as "%lld" writes it, at the end of t (no NUL): its first
+ * digit (or '-'), *n its length. Built from the last digit backwards: no
+ * printf on the path every admission and settlement takes. */
+static const char *int_text(char t[24], long long v, size_t *n)
 {
-	char tmp[24], *e = tmp + sizeof(tmp), *p = e;
+	char *p = t + 24;
 	unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
 
 	do
@@ -384,29 +385,37 @@ static void args_int(struct args *a, long long v)
 	while (u /= 10);
 	if (v < 0)
 		*--p = '-';
-	if ((size_t)(e - p) >= sizeof(a->buf) - a->used) {
+	*n = (size_t)(t + 24 - p);
+	return p;
+}
+
+/* One argument: the two pieces end to end, copied into a->buf. */
+static void args_copy(struct args *a, const char *p1, size_t n1, const char *p2, size_t n2)
+{
+	if (n1 + n2 >= sizeof(a->buf) - a->used) {
 		a->overflow = true;
 		return;
 	}
-	memcpy(a->buf + a->used, p, (size_t)(e - p));
-	a->buf[a->used + (size_t)(e - p)] = '\0';
-	args_raw(a, a->buf + a->used, (size_t)(e - p));
-	a->used += (size_t)(e - p) + 1;
+	memcpy(a->buf + a->used, p1, n1);
+	memcpy(a->buf + a->used + n1, p2, n2);
+	a->buf[a->used + n1 + n2] = '\0';
+	args_raw(a, a->buf + a->used, n1 + n2);
+	a->used += n1 + n2 + 1;
+}
+
+static void args_int(struct args *a, long long v)
+{
+	char t[24];
+	size_t n;
+	const char *p = int_text(t, v, &n);
+
+	args_copy(a, p, n, "", 0);
 }
 
 /* prefix then str, as "prefix%s" would */
 static void args_cat(struct args *a, const char *prefix, const char *str)
 {
-	size_t lp = strlen(prefix), ls = strlen(str);
-
-	if (lp + ls >= sizeof(a->buf) - a->used) {
-		a->overflow = true;
-		return;
-	}
-	memcpy(a->buf + a->used, prefix, lp);
-	memcpy(a->buf + a->used + lp, str, ls + 1);
-	args_raw(a, a->buf + a->used, lp + ls);
-	a->used += lp + ls + 1;
+	args_copy(a, prefix, strlen(prefix), str, strlen(str));
 }
 
 /* a weight as "%.17g" writes it; a whole one (1, the usual) as an integer,
@@ -644,8 +653,10 @@ static void strs_push(struct strs *v, const char *p, size_t len)
 static void strs_num(struct strs *v, long long x)
 {
 	char t[24];
+	size_t n;
+	const char *p = int_text(t, x, &n);
 
-	strs_push(v, t, (size_t)snprintf(t, sizeof(t), "%lld", x));
+	strs_push(v, p, n);
 }
 
 static void strs_free(struct strs *v)
@@ -702,10 +713,10 @@ static int send_batch(struct rstore *s, struct call **calls, unsigned n)
 	script_cmd(s, SCRIPT_BATCH, argv, len);
 	argc = 2;
 	{
-		char nk[16];
+		char nk[24];
 
-		len[argc] = (size_t)snprintf(nk, sizeof(nk), "%u", keys.n);
-		argv[argc++] = nk;
+		argv[argc] = int_text(nk, keys.n, &len[argc]);
+		argc++;
 		for (unsigned i = 0; i < keys.n; i++, argc++) {
 			argv[argc] = keys.text.data + keys.off[i];
 			len[argc] = keys.len[i];
