@@ -176,9 +176,9 @@ function Tollgate:set_usage(txn, i, o)
 	if o and o ~= self.u_out then self.u_out = o; txn:set_var("txn.tg.u_out", o) end
 end
 
--- one complete SSE event (raw text); returns true for a usage-only event
--- the data of an event: its `data:` lines joined by "\n", and its type
--- (`event:`); nil when it has no data
+-- the data of the event s[first..last] (it ends with its first separator
+-- byte): its `data:` lines joined by "\n", and its type (`event:`); nil
+-- when it has no data
 local function event_fields(s, first, last)
 	-- the common event: one `data:` line (the event ends with its first
 	-- separator byte, the only "\n" or "\r" in it), its data cut straight
@@ -205,6 +205,7 @@ local function event_fields(s, first, last)
 	return #data == 1 and data[1] or table.concat(data, "\n"), etype
 end
 
+-- one complete SSE event, s[first..last]; returns true for a usage-only event
 function Tollgate:sse_event(txn, s, first, last)
 	local d, etype = event_fields(s, first, last)
 	if not d or d == "[DONE]" then return false end

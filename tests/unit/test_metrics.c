@@ -338,7 +338,7 @@ CASE(collect_callbacks)
 	CHECK(strstr(b.data, "consumer=\"gone\"") == NULL);
 	CHECK(st.calls == 2);
 	metrics_collect_remove(m, collect_quota, &st);
-	b.len = 0;
+	buf_reset(&b);
 	CHECK(metrics_render(m, &b) == 0);
 	CHECK(st.calls == 2);
 	buf_free(&b);
